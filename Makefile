@@ -1,0 +1,26 @@
+# Set-up, data, tests and the demo. `make demo` and `make test` are all a new user needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install data test demo clean
+
+install: $(STAMP)
+
+# The stamp is rebuilt only when requirements.txt changes, so a second run installs nothing.
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+data: data/digits/val
+
+data/digits/val: data/make_digits.py | $(STAMP)
+	$(BIN)/python data/make_digits.py
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf checkpoints scratch_checkpoints runs nni-experiments demo_output data/digits data/cache

@@ -1,0 +1,85 @@
+"""The four candidate blocks of a SPOS choice layer (ShuffleNetV2 units, Megvii's layout).
+
+Sequential indices and attribute names follow Megvii's official code so that official checkpoints
+load with strict=True: ``branch_main.{i}`` and ``branch_proj.{i}`` count every conv, BN and ReLU.
+"""
+import torch
+from torch import nn
+
+CHOICE_NAMES = ("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3")
+
+
+def channel_shuffle(x):
+    """Split channels into (even, odd): even ones pass through, odd ones enter the main branch."""
+    return x[:, 0::2], x[:, 1::2]
+
+
+def _conv_bn(inp, oup, kernel_size, stride, affine, depthwise=False, relu=True):
+    layers = [
+        nn.Conv2d(inp, oup, kernel_size, stride, kernel_size // 2, groups=inp if depthwise else 1, bias=False),
+        nn.BatchNorm2d(oup, affine=affine),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class ShuffleUnit(nn.Module):
+    """Common wiring of both block kinds: stride 2 concatenates a projection of the whole input,
+    stride 1 passes half of the channels through untouched."""
+
+    def __init__(self, inp, oup, stride, branch_main, proj_kernel, affine):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.stride = stride
+        self.branch_main = nn.Sequential(*branch_main)
+        if stride == 2:
+            self.branch_proj = nn.Sequential(
+                *_conv_bn(inp, inp, proj_kernel, 2, affine, depthwise=True, relu=False),
+                *_conv_bn(inp, inp, 1, 1, affine),
+            )
+        else:
+            self.branch_proj = None
+
+    def forward(self, x):
+        if self.stride == 1:
+            x_pass, x_main = channel_shuffle(x)
+            return torch.cat((x_pass, self.branch_main(x_main)), 1)
+        return torch.cat((self.branch_proj(x), self.branch_main(x)), 1)
+
+
+class ShuffleNetBlock(ShuffleUnit):
+    """1x1 conv, k x k depthwise conv (carries the stride), 1x1 conv."""
+
+    def __init__(self, inp, oup, mid_channels, *, ksize, stride, affine=False):
+        branch_main = [
+            *_conv_bn(inp, mid_channels, 1, 1, affine),
+            *_conv_bn(mid_channels, mid_channels, ksize, stride, affine, depthwise=True, relu=False),
+            *_conv_bn(mid_channels, oup - inp, 1, 1, affine),
+        ]
+        super().__init__(inp, oup, stride, branch_main, ksize, affine)
+
+
+class ShuffleXceptionBlock(ShuffleUnit):
+    """Three (3x3 depthwise, 1x1 conv) pairs; the first depthwise conv carries the stride."""
+
+    def __init__(self, inp, oup, mid_channels, *, stride, affine=False):
+        branch_main = [
+            *_conv_bn(inp, inp, 3, stride, affine, depthwise=True, relu=False),
+            *_conv_bn(inp, mid_channels, 1, 1, affine),
+            *_conv_bn(mid_channels, mid_channels, 3, 1, affine, depthwise=True, relu=False),
+            *_conv_bn(mid_channels, mid_channels, 1, 1, affine),
+            *_conv_bn(mid_channels, mid_channels, 3, 1, affine, depthwise=True, relu=False),
+            *_conv_bn(mid_channels, oup - inp, 1, 1, affine),
+        ]
+        super().__init__(inp, oup, stride, branch_main, 3, affine)
+
+
+def make_block(choice, inp, oup, mid_channels, stride, affine):
+    """Candidate ``choice`` (0..3, see CHOICE_NAMES) of a choice layer."""
+    if choice in (0, 1, 2):
+        return ShuffleNetBlock(inp, oup, mid_channels, ksize=3 + 2 * choice, stride=stride, affine=affine)
+    if choice == 3:
+        return ShuffleXceptionBlock(inp, oup, mid_channels, stride=stride, affine=affine)
+    raise ValueError(f"choice must be 0, 1, 2 or 3, got {choice!r}")

@@ -1,0 +1,253 @@
+"""The ShuffleNetV2 one-shot supernet of SPOS and its from-scratch form (one definition for all steps).
+
+Module names equal Megvii's, so official checkpoints load with strict=True.
+"""
+import os
+import pickle
+import random
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from blocks import CHOICE_NAMES, make_block
+from utils import UserError
+
+NUM_LAYERS = 20
+NUM_CHOICES = len(CHOICE_NAMES)
+STAGE_REPEATS = (4, 4, 8, 4)
+STAGE_OUT_CHANNELS = (64, 160, 320, 640)
+REFERENCE_INPUT_SIZE = 224
+
+
+def layer_specs(input_size, first_conv_channels=16):
+    """(inp, oup, mid_channels, stride, input feature map size) of each of the 20 choice layers."""
+    specs = []
+    in_channels, fm_size = first_conv_channels, input_size // 2
+    for repeats, out_channels in zip(STAGE_REPEATS, STAGE_OUT_CHANNELS):
+        for i in range(repeats):
+            if i == 0:
+                specs.append((in_channels, out_channels, out_channels // 2, 2, fm_size))
+                fm_size //= 2
+            else:
+                specs.append((out_channels // 2, out_channels, out_channels // 2, 1, fm_size))
+        in_channels = out_channels
+    return specs
+
+
+def _count_macs(module, input_shape):
+    """Multiply-adds of convolutions and linear layers, counted by torch on shape-only tensors."""
+    with FlopCounterMode(display=False) as counter:
+        module.eval()(torch.empty(input_shape, device="meta"))
+    return counter.get_total_flops() // 2
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Megvii's FLOPs table holds only dicts, tuples, numbers and strings: refuse anything else."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: the table may only hold plain data")
+
+
+def _read_op_flops_table(path):
+    try:
+        with open(path, "rb") as f:
+            table = _RestrictedUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise UserError(f"{path}: not a readable FLOPs table ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the FLOPs table ({e.strerror or e})") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise UserError(f"{path}: not a FLOPs table (expected a dict of dicts, got {type(table).__name__})")
+    return table
+
+
+class ShuffleNetV2OneShot(nn.Module):
+    """SPOS supernet (``architecture=None``: ``model(x, architecture)``) or the net of one architecture
+    (``architecture`` = 20 choices: only the chosen blocks exist and ``model(x)`` runs them)."""
+
+    def __init__(self, input_size=224, first_conv_channels=16, last_conv_channels=1024, n_classes=1000,
+                 op_flops_path="./data/op_flops_dict.pkl", affine=False, architecture=None):
+        super().__init__()
+        if input_size <= 0 or input_size % 32 != 0:
+            raise UserError(f"input size must be a positive multiple of 32, got {input_size}")
+        self.input_size = input_size
+        self.first_conv_channels = first_conv_channels
+        self.last_conv_channels = last_conv_channels
+        self.n_classes = n_classes
+        self.op_flops_path = op_flops_path
+        self.architecture = None if architecture is None else validate_architecture(architecture)
+        self._layer_specs = layer_specs(input_size, first_conv_channels)
+        self._flops_table = None
+
+        self.first_conv = nn.Sequential(
+            nn.Conv2d(3, first_conv_channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(first_conv_channels, affine=affine),
+            nn.ReLU(inplace=True),
+        )
+        if self.architecture is None:
+            self.features = nn.ModuleList(
+                nn.ModuleList(make_block(c, inp, oup, mid, stride, affine) for c in range(NUM_CHOICES))
+                for inp, oup, mid, stride, _ in self._layer_specs)
+        else:
+            self.features = nn.Sequential(*(make_block(c, inp, oup, mid, stride, affine)
+                                            for c, (inp, oup, mid, stride, _) in zip(self.architecture,
+                                                                                   self._layer_specs)))
+        self.conv_last = nn.Sequential(
+            nn.Conv2d(STAGE_OUT_CHANNELS[-1], last_conv_channels, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(last_conv_channels, affine=affine),
+            nn.ReLU(inplace=True),
+        )
+        self.globalpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Sequential(nn.Linear(last_conv_channels, n_classes, bias=False))
+        self._initialize_weights()
+
+    @property
+    def is_supernet(self):
+        return self.architecture is None
+
+    def forward(self, x, architecture=None):
+        x = self.first_conv(x)
+        if self.is_supernet:
+            if architecture is None:
+                raise ValueError("the supernet needs an architecture: model(x, architecture)")
+            for choices, choice in zip(self.features, architecture):
+                x = choices[choice](x)
+        else:
+            x = self.features(x)
+        x = self.conv_last(x)
+        x = self.globalpool(x).flatten(1)
+        x = self.dropout(x)
+        return self.classifier(x)
+
+    def _initialize_weights(self):
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d):
+                std = 0.01 if name.startswith("first") else 1.0 / m.weight.shape[1]
+                nn.init.normal_(m.weight, 0, std)
+            elif isinstance(m, nn.BatchNorm2d):
+                if m.weight is not None:
+                    nn.init.constant_(m.weight, 1)
+                    nn.init.constant_(m.bias, 0.0001)
+                nn.init.constant_(m.running_mean, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+
+    def get_candidate_flops(self, candidate=None):
+        """Multiply-adds of convs and linear layers for one path (20 ints or the tuner's dict), at this
+        model's input size and class count; the net's own architecture when none is given."""
+        if candidate is None:
+            if self.is_supernet:
+                raise ValueError("the supernet needs a candidate to count FLOPs")
+            candidate = self.architecture
+        choices = validate_architecture(candidate)
+        stem, per_layer, rest = self._get_flops_table()
+        return stem + rest + sum(per_layer[i][c] for i, c in enumerate(choices))
+
+    def _get_flops_table(self):
+        if self._flops_table is None:
+            if self.op_flops_path and os.path.exists(self.op_flops_path):
+                self._flops_table = self._flops_from_file(self.op_flops_path)
+            else:
+                self._flops_table = self._flops_computed()
+        return self._flops_table
+
+    def _flops_computed(self):
+        with torch.device("meta"):
+            stem = _count_macs(nn.Conv2d(3, self.first_conv_channels, 3, 2, 1, bias=False),
+                               (1, 3, self.input_size, self.input_size))
+            # a stride-1 block sees the whole input; inp counts only the half entering its main branch
+            per_layer = [[_count_macs(make_block(c, inp, oup, mid, stride, False), (1, inp * (3 - stride), fm, fm))
+                          for c in range(NUM_CHOICES)]
+                         for inp, oup, mid, stride, fm in self._layer_specs]
+            fm = self.input_size // 32
+            rest = (_count_macs(nn.Conv2d(STAGE_OUT_CHANNELS[-1], self.last_conv_channels, 1, bias=False),
+                                (1, STAGE_OUT_CHANNELS[-1], fm, fm))
+                    + _count_macs(nn.Linear(self.last_conv_channels, self.n_classes, bias=False),
+                                  (1, self.last_conv_channels)))
+        return stem, per_layer, rest
+
+    def _flops_from_file(self, path):
+        table = _read_op_flops_table(path)
+        fm = self.input_size // 32
+
+        def lookup(op, key):
+            try:
+                return table[op][key]
+            except KeyError:
+                raise UserError(f"{path}: no FLOPs entry {op!r} {key}; the table was made for another "
+                                f"network or input size (remove it to compute FLOPs instead)") from None
+
+        stem = lookup("conv1", (3, self.first_conv_channels, self.input_size, self.input_size, 2))
+        # Megvii's key holds the class count where the last conv's width would be expected.
+        rest = lookup("rest_operation", (STAGE_OUT_CHANNELS[-1], self.n_classes, fm, fm, 1))
+        per_layer = [[lookup(f"{CHOICE_NAMES[c]}_stride_{stride}", (inp, oup, mid, fm_in, fm_in, stride))
+                      for c in range(NUM_CHOICES)]
+                     for inp, oup, mid, stride, fm_in in self._layer_specs]
+        return stem, per_layer, rest
+
+
+def validate_architecture(candidate):
+    """20 choices in 0..3 from a sequence of ints or the tuner's ``{"LayerChoiceN": {"_idx": i}}`` dict."""
+    if isinstance(candidate, dict):
+        candidate = [candidate[f"LayerChoice{i + 1}"]["_idx"] for i in range(NUM_LAYERS)]
+    choices = [int(c) for c in candidate]
+    if len(choices) != NUM_LAYERS or any(c not in range(NUM_CHOICES) for c in choices):
+        raise ValueError(f"an architecture is {NUM_LAYERS} choices in 0..{NUM_CHOICES - 1}, got {candidate!r}")
+    return tuple(choices)
+
+
+def random_architecture(rng):
+    return tuple(rng.randrange(NUM_CHOICES) for _ in range(NUM_LAYERS))
+
+
+class FlopsBinnedSampler:
+    """Megvii's path sampling: pick one of 7 equal FLOPs bins between 290M and 360M (scaled by the input
+    area) uniformly, then draw uniform paths until one falls in it; after 500 misses take any path."""
+
+    def __init__(self, model, rng, low=290e6, high=360e6, num_bins=7, max_tries=500):
+        scale = (model.input_size / REFERENCE_INPUT_SIZE) ** 2
+        step = (high - low) / num_bins
+        self.bins = [(scale * (low + i * step), scale * (low + (i + 1) * step)) for i in range(num_bins)]
+        self.model, self.rng, self.max_tries = model, rng, max_tries
+
+    def __call__(self):
+        low, high = self.rng.choice(self.bins)
+        for _ in range(self.max_tries):
+            architecture = random_architecture(self.rng)
+            if low <= self.model.get_candidate_flops(architecture) <= high:
+                return architecture
+        return random_architecture(self.rng)
+
+
+def load_and_parse_state_dict(filepath):
+    """Read an official (``{'state_dict': ...}``, keys ``module.``-prefixed) or own checkpoint as a
+    plain state dict; never unpickles objects."""
+    if not os.path.isfile(filepath):
+        raise UserError(f"{filepath}: checkpoint not found")
+    try:
+        checkpoint = torch.load(filepath, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for truncated, foreign or non-torch files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{filepath}: not a readable PyTorch checkpoint ({reason})") from None
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not state_dict or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise UserError(f"{filepath}: holds no state dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def load_weights(model, filepath):
+    """Load a checkpoint strictly into ``model``, with one clear message when it belongs to another net."""
+    state_dict = load_and_parse_state_dict(filepath)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        details = "; ".join(f"{what}: {len(keys)} (e.g. {keys[0]})" for what, keys in
+                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys)
+        raise UserError(f"{filepath}: does not fit this network ({details})")
+    model.load_state_dict(state_dict, strict=True)
+    return model

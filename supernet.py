@@ -1,0 +1,131 @@
+"""Step 1 of SPOS: train the ShuffleNetV2 one-shot supernet, one FLOPs-binned uniform random path a step.
+
+Writes ``<output-dir>/epoch_{e}.pth.tar`` (weights for tester.py and scratch.py) and
+``<output-dir>/training_state.pth.tar`` (what ``--resume`` continues from) after every epoch.
+"""
+import argparse
+import os
+import random
+import time
+
+import torch
+from torch import nn
+
+from dataloader import ImageFolderLoader
+from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights
+from utils import (UserError, atomic_save, evaluate, get_device, get_rng_state, load_training_state, logger,
+                   make_lr_scheduler, make_optimizer, run_main, save_args, scaled_learning_rate, set_rng_state, set_seed, setup_logging,
+                   train_one_epoch)
+
+OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
+STATE_FILE = "training_state.pth.tar"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_argument_group("data")
+    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
+    group.add_argument("--spos-preprocessing", action="store_true", default=False,
+                       help="Megvii's input: BGR, 0..255, linear interpolation (for official checkpoints)")
+    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32")
+    group.add_argument("--workers", type=int, default=4)
+    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                       help="auto: DALI when installed, else torchvision")
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--batch-size", type=int, default=768)
+    group.add_argument("--epochs", type=int, default=120)
+    group.add_argument("--learning-rate", type=float, default=0.5,
+                       help="for --reference-batch-size images a step, scaled linearly to --batch-size")
+    group.add_argument("--reference-batch-size", type=int, default=1024,
+                       help="Megvii's batch for lr 0.5; set it to --batch-size to use --learning-rate as it is")
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--weight-decay", type=float, default=4e-5)
+    group.add_argument("--label-smoothing", type=float, default=0.1)
+    group = parser.add_argument_group("run")
+    group.add_argument("--output-dir", default="./checkpoints")
+    group.add_argument("--load-checkpoint", nargs="?", const=OFFICIAL_CHECKPOINT, default=None, metavar="PATH",
+                       help=f"start from these supernet weights (default {OFFICIAL_CHECKPOINT})")
+    group.add_argument("--resume", action="store_true", default=False,
+                       help=f"continue from <output-dir>/{STATE_FILE}")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--log-frequency", type=int, default=10)
+    group.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging(os.path.join(args.output_dir, "supernet.log"))
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError(f"--batch-size and --epochs must be positive, got {args.batch_size} and {args.epochs}")
+    save_args(args, args.output_dir)
+    set_seed(args.seed)
+    device = get_device(args.device)
+
+    train_loader = ImageFolderLoader(args.imagenet_dir, "train", train=True, batch_size=args.batch_size,
+                                     input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                                     workers=args.workers, backend=args.loader, device=device, seed=args.seed)
+    val_loader = ImageFolderLoader(args.imagenet_dir, "val", train=False, batch_size=args.batch_size,
+                                   input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                                   workers=args.workers, backend=args.loader, device=device, seed=args.seed,
+                                   classes=train_loader.classes)
+    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch", train_loader.num_images,
+                val_loader.num_images, train_loader.num_classes, train_loader.backend, len(train_loader))
+
+    model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=False)
+    if args.load_checkpoint:
+        if not args.spos_preprocessing:
+            logger.warning("official checkpoints expect --spos-preprocessing")
+        load_weights(model, args.load_checkpoint)
+        logger.info("loaded supernet weights from %s", args.load_checkpoint)
+    model.to(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    learning_rate = scaled_learning_rate(args.learning_rate, args.batch_size, args.reference_batch_size)
+    logger.info("learning rate %.4g (%.4g for %d images a step, scaled to a batch of %d)", learning_rate,
+                args.learning_rate, args.reference_batch_size, args.batch_size)
+    optimizer = make_optimizer(model, learning_rate, args.momentum, args.weight_decay)
+    scheduler = make_lr_scheduler(optimizer, args.epochs * len(train_loader), "linear")
+    path_rng = random.Random(args.seed)
+    sample_architecture = FlopsBinnedSampler(model, path_rng)
+
+    start_epoch = 0
+    state_path = os.path.join(args.output_dir, STATE_FILE)
+    if args.resume:
+        state = load_training_state(state_path)
+        load_weights_from_state(model, state, state_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], path=path_rng)
+        start_epoch = state["epoch"]
+        logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
+        if start_epoch >= args.epochs:
+            logger.info("nothing left to train")
+
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
+        train_stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, args.epochs,
+                                      args.log_frequency, sample_architecture)
+        # the same random paths every epoch, so validation numbers compare across epochs
+        val_stats = evaluate(model, val_loader, criterion,
+                             sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)))
+        weights = {"state_dict": model.state_dict(), "epoch": epoch + 1}
+        atomic_save(weights, os.path.join(args.output_dir, f"epoch_{epoch + 1}.pth.tar"))
+        atomic_save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                     "rng": get_rng_state(path=path_rng)}, state_path)
+        logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
+                    "val on random paths loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
+                    epoch + 1, args.epochs, time.perf_counter() - started, train_stats["loss"], train_stats["top1"],
+                    train_stats["images_per_s"], val_stats["loss"], val_stats["top1"], val_stats["top5"], epoch + 1)
+
+
+def load_weights_from_state(model, state, path):
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{path}: the saved supernet does not fit this run ({str(e).splitlines()[0]}); "
+                        f"use the same --input-size and dataset") from None
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,324 @@
+"""What the three steps share: errors for the user, logging, checkpoints, optimisation and the two loops."""
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("spos")
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line naming the file or value, exit status 2."""
+
+
+def run_main(main):
+    """Run a step's ``main``: a UserError ends in one clear line and exit status 2, Ctrl-C in status 130."""
+    try:
+        main()
+    except UserError as e:
+        if logger.handlers:
+            logger.error("%s", e)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def setup_logging(log_file=None, quiet=False):
+    """Log to stderr (and to ``log_file``); ``quiet`` processes (ranks > 0) only log warnings."""
+    level = logging.WARNING if quiet else logging.INFO
+    handlers = [logging.StreamHandler()]
+    if log_file and not quiet:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    formatter = logging.Formatter("[%(asctime)s] %(levelname)s (%(name)s) %(message)s", "%Y-%m-%d %H:%M:%S")
+    logger.handlers.clear()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def save_args(args, output_dir):
+    """Write the resolved arguments next to a run's outputs."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2, sort_keys=True, default=str)
+
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file and a rename, so a crash never leaves a torn checkpoint."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def load_training_state(path):
+    """A resumable state written by ``atomic_save``, read without unpickling objects."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no resumable state to continue from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files raise many kinds
+        raise UserError(f"{path}: not a readable training state ({str(e).strip().splitlines()[0]})") from None
+    required = ("state_dict", "optimizer", "scheduler", "epoch", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise UserError(f"{path}: not a training state of this project (needs {', '.join(required)})")
+    return state
+
+
+def get_rng_state(**generators):
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state.update({name: g.getstate() for name, g in generators.items()})
+    return state
+
+
+def set_rng_state(state, **generators):
+    random.setstate(_as_random_state(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.setstate(_as_random_state(state[name]))
+
+
+def _as_random_state(state):
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def set_seed(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def get_device(requested="auto"):
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: no CUDA GPU is available here")
+    return torch.device(requested)
+
+
+def scaled_learning_rate(learning_rate, batch_size, reference_batch_size):
+    """Linear scaling rule: ``learning_rate`` is meant for ``reference_batch_size`` images a step."""
+    return learning_rate * batch_size / reference_batch_size
+
+
+def make_optimizer(model, lr, momentum, weight_decay):
+    """SGD with weight decay on conv and linear weights only (Megvii's rule: BN and biases get none)."""
+    decayed, not_decayed = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (decayed if is_weight else not_decayed).append(param)
+    groups = [{"params": decayed, "weight_decay": weight_decay}]
+    if not_decayed:
+        groups.append({"params": not_decayed, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def make_lr_scheduler(optimizer, total_iters, kind="linear"):
+    """Stepped once per iteration: linear decay to 0 (Megvii) or a half cosine."""
+    if kind == "linear":
+        def factor(step):
+            return max(0.0, 1.0 - step / total_iters)
+    elif kind == "cosine":
+        def factor(step):
+            return 0.5 * (1 + math.cos(math.pi * min(step, total_iters) / total_iters))
+    else:
+        raise UserError(f"--lr-decay {kind!r}: expected 'linear' or 'cosine'")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class AverageMeter:
+    def __init__(self):
+        self.sum, self.count = 0.0, 0
+
+    def update(self, value, n=1):
+        self.sum += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self):
+        return self.sum / max(self.count, 1)
+
+
+def accuracy(output, target, topk=(1, 5)):
+    """Fractions of the batch whose label is among the top-k predictions."""
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, 1).indices
+    correct = pred.eq(target.view(-1, 1))
+    return [correct[:, :min(k, maxk)].any(1).float().mean().item() for k in topk]
+
+
+def _progress(iterable, total, description, log_frequency):
+    """A tqdm bar on a terminal; otherwise (logs, CI) the caller logs every ``log_frequency`` steps."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True), True
+    return iterable, False
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, num_epochs, log_frequency,
+                    sample_architecture=None):
+    """One pass over ``loader``. For a supernet, ``sample_architecture()`` gives each step's path; the
+    blocks off that path get no gradient and so no update, momentum or weight decay at all."""
+    model.train()
+    loss_meter, top1_meter, top5_meter = AverageMeter(), AverageMeter(), AverageMeter()
+    steps = len(loader)
+    batches, has_bar = _progress(loader, steps, f"epoch {epoch + 1}/{num_epochs}", log_frequency)
+    start = time.perf_counter()
+    images_seen = 0
+    for step, (images, labels) in enumerate(batches):
+        if sample_architecture is None:
+            output = model(images)
+        else:
+            output = model(images, sample_architecture())
+        loss = criterion(output, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+        n = labels.shape[0]
+        images_seen += n
+        top1, top5 = accuracy(output.detach(), labels)
+        loss_meter.update(loss.item(), n)
+        top1_meter.update(top1, n)
+        top5_meter.update(top5, n)
+        speed = images_seen / (time.perf_counter() - start)
+        lr = optimizer.param_groups[0]["lr"]
+        if has_bar:
+            batches.set_postfix(loss=f"{loss_meter.avg:.3f}", top1=f"{top1_meter.avg:.3f}", lr=f"{lr:.4f}",
+                                img_s=f"{speed:.0f}")
+        elif (step + 1) % log_frequency == 0 or step + 1 == steps:
+            logger.info("Epoch [%d/%d] Step [%d/%d]  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  %.0f img/s",
+                        epoch + 1, num_epochs, step + 1, steps, loss_meter.avg, top1_meter.avg, top5_meter.avg,
+                        lr, speed)
+    return {"loss": loss_meter.avg, "top1": top1_meter.avg, "top5": top5_meter.avg,
+            "images_per_s": images_seen / max(time.perf_counter() - start, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion, architecture=None, sample_architecture=None):
+    """Loss and top-1/top-5 over every image of ``loader``; a supernet runs ``architecture`` or a path
+    drawn by ``sample_architecture()`` for each batch."""
+    model.eval()
+    loss_meter, top1_meter, top5_meter = AverageMeter(), AverageMeter(), AverageMeter()
+    for images, labels in loader:
+        if sample_architecture is not None:
+            output = model(images, sample_architecture())
+        elif architecture is not None:
+            output = model(images, architecture)
+        else:
+            output = model(images)
+        n = labels.shape[0]
+        top1, top5 = accuracy(output, labels)
+        loss_meter.update(criterion(output, labels).item(), n)
+        top1_meter.update(top1, n)
+        top5_meter.update(top5, n)
+    return {"loss": loss_meter.avg, "top1": top1_meter.avg, "top5": top5_meter.avg, "images": loss_meter.count}
+
+
+def architecture_keys(num_layers=20):
+    return [f"LayerChoice{i + 1}" for i in range(num_layers)]
+
+
+def parse_architecture(data, source, num_layers=20, num_choices=4):
+    """20 choices from any format a user has: NNI 1.x one-hot lists (architecture_final.json), NNI 2.7+
+    strings ``{"LayerChoice1": "2"}``, the tuner's ``{"_value": "2", "_idx": 2}``, or a list of ints.
+    Anything else raises a UserError naming ``source`` and the key or value at fault."""
+    if isinstance(data, list):
+        if len(data) != num_layers:
+            raise UserError(f"{source}: a list architecture needs {num_layers} choices, got {len(data)}")
+        return tuple(_parse_choice(v, f"{source}: item {i}", num_choices) for i, v in enumerate(data))
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object of LayerChoice1..LayerChoice{num_layers} or a list "
+                        f"of {num_layers} ints, got {type(data).__name__}")
+    keys = architecture_keys(num_layers)
+    missing = [k for k in keys if k not in data]
+    extra = sorted(k for k in data if k not in keys)
+    if missing:
+        raise UserError(f"{source}: key {missing[0]!r} is missing ({len(missing)} of {num_layers} missing)")
+    if extra:
+        raise UserError(f"{source}: unexpected key {extra[0]!r} (expected LayerChoice1..LayerChoice{num_layers})")
+    return tuple(_parse_choice(data[k], f"{source}: {k}", num_choices) for k in keys)
+
+
+def _parse_choice(value, where, num_choices):
+    if isinstance(value, dict):  # the tuner's {"_value": "2", "_idx": 2}
+        if "_idx" not in value:
+            raise UserError(f"{where}: {value!r} has no '_idx'")
+        value = value["_idx"]
+    elif isinstance(value, list):  # NNI 1.x one-hot
+        if len(value) != num_choices or not all(isinstance(v, bool) for v in value):
+            raise UserError(f"{where}: a one-hot choice is {num_choices} true/false values, got {value!r}")
+        if sum(value) != 1:
+            raise UserError(f"{where}: a one-hot choice needs exactly one true, got {value!r}")
+        return value.index(True)
+    if isinstance(value, bool):
+        raise UserError(f"{where}: {value!r} is not a choice index")
+    if isinstance(value, str):
+        if not value.strip().isdigit():
+            raise UserError(f"{where}: {value!r} is not a choice index")
+        value = int(value)
+    if not isinstance(value, int):
+        raise UserError(f"{where}: {value!r} is not a choice index")
+    if not 0 <= value < num_choices:
+        raise UserError(f"{where}: choice {value} is out of range 0..{num_choices - 1}")
+    return value
+
+
+def load_architecture(path):
+    """Read and check an architecture file (see ``parse_architecture``)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the architecture file ({e.strerror or e})") from None
+    if not text.strip():
+        raise UserError(f"{path}: the architecture file is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    return parse_architecture(data, path)
+
+
+def architecture_to_json(choices, num_choices=4):
+    """NNI 1.x format of architecture_final.json: one one-hot list per LayerChoice key."""
+    return {key: [c == i for i in range(num_choices)] for key, c in zip(architecture_keys(len(choices)), choices)}
+
+
+def write_architecture(path, choices):
+    """Write ``choices`` as architecture_final.json does, one LayerChoice per line, atomically."""
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in architecture_to_json(choices).items()]
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write("{\n" + ",\n".join(lines) + "\n}\n")
+    os.replace(tmp_path, path)
