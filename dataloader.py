@@ -65,17 +65,69 @@ def dali_available():
     return True
 
 
-def _looks_like_image(path):
+def _image_problem(path):
+    """None when ``path`` looks like a complete image, else what is wrong. Reads only the header and the
+    tail: DALI's decoder can crash the whole process on a JPEG with a damaged header and fails on a truncated
+    one without naming the file, so such files must never reach it."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
-    except OSError:
-        return False
-    return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
+            if not head.startswith(_IMAGE_SIGNATURES) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
+                return "not an image file"
+            size = os.fstat(f.fileno()).st_size
+            if head.startswith(b"\xff\xd8"):
+                return _jpeg_problem(f, size)
+            if head.startswith(b"\x89PNG"):
+                f.seek(max(0, size - _TAIL_BYTES))
+                if b"IEND" not in f.read():
+                    return "truncated PNG (no IEND chunk at the end)"
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    return None
+
+
+_TAIL_BYTES = 1024  # where the end marker must be (a little junk after it is tolerated)
+
+
+def _jpeg_problem(f, size):
+    """Walk the marker segments up to the first scan, then look for the end-of-image marker near the end
+    (it cannot occur inside entropy-coded data, so a truncated file lacks it)."""
+    position, has_frame = 2, False
+    while True:
+        f.seek(position)
+        if f.read(1) != b"\xff":
+            return "damaged JPEG header (bad marker)"
+        code = f.read(1)
+        while code == b"\xff":  # fill bytes
+            code = f.read(1)
+        if not code:
+            return "truncated JPEG header"
+        marker = code[0]
+        if marker == 0xDA:  # start of scan: the header is complete
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position = f.tell()
+            continue
+        if marker in (0x00, 0xD8, 0xD9):
+            return "damaged JPEG header (bad marker)"
+        length = f.read(2)
+        if len(length) < 2 or int.from_bytes(length, "big") < 2:
+            return "truncated JPEG header"
+        has_frame |= 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
+        position = f.tell() + int.from_bytes(length, "big") - 2
+        if position > size:
+            return "truncated JPEG header"
+    if not has_frame:
+        return "damaged JPEG header (no frame header before the image data)"
+    f.seek(max(f.tell(), size - _TAIL_BYTES))
+    if b"\xff\xd9" not in f.read():
+        return "truncated JPEG (no end-of-image marker)"
+    return None
 
 
 def scan_image_folder(split_dir, classes=None):
-    """Files and labels of ``split_dir/<class>/*``; files that are not images are skipped with a warning.
+    """Files and labels of ``split_dir/<class>/*``; files that are not images, or not complete ones, are
+    skipped with a warning naming them.
 
     ``classes`` (from the train split) fixes the label of each class name for the val split."""
     if not os.path.isdir(split_dir):
@@ -95,15 +147,16 @@ def scan_image_folder(split_dir, classes=None):
         for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
             if not entry.is_file() or entry.name.startswith("."):
                 continue
-            if _looks_like_image(entry.path):
+            problem = _image_problem(entry.path)
+            if problem is None:
                 files.append(entry.path)
                 labels.append(label_of[name])
             else:
-                skipped.append(entry.path)
-    for path in skipped[:10]:
-        logger.warning("skipping %s: not an image file", path)
+                skipped.append((entry.path, problem))
+    for path, problem in skipped[:10]:
+        logger.warning("skipping %s: %s", path, problem)
     if len(skipped) > 10:
-        logger.warning("skipping %d more files that are not images under %s", len(skipped) - 10, split_dir)
+        logger.warning("skipping %d more files that are not complete images under %s", len(skipped) - 10, split_dir)
     if not files:
         raise UserError(f"{split_dir}: no image files found in its class folders")
     return files, labels, classes
@@ -136,6 +189,7 @@ class ImageFolderLoader:
         self.backend = backend
         self.augmentation = read_augmentation(root) if train else None
         self._epoch = 0
+        self._unreadable = set()
         self._impl = self._build_dali() if backend == "dali" else self._build_torch()
 
     @property
@@ -250,7 +304,11 @@ class ImageFolderLoader:
             num_workers=self.workers, drop_last=self.train, collate_fn=_collate_skipping_unreadable,
             pin_memory=self.device.type == "cuda", generator=generator,
             persistent_workers=False, worker_init_fn=_seed_worker)
-        for images, labels in loader:
+        for images, labels, unreadable in loader:
+            for path, reason in unreadable:  # warned here, not in a worker, and once per file
+                if path not in self._unreadable:
+                    self._unreadable.add(path)
+                    logger.warning("skipping %s: cannot decode it (%s)", path, reason)
             if not len(labels):
                 continue
             images = images.to(self.device, non_blocking=True).float()
@@ -277,16 +335,18 @@ class _ImageFiles(torch.utils.data.Dataset):
         try:
             image = decode_image(path, mode=ImageReadMode.RGB)
         except (RuntimeError, OSError) as e:
-            logger.warning("skipping %s: cannot decode it (%s)", path, _first_line(e))
-            return None
+            return None, path, _first_line(e)
         return self.transform(image), self.labels[index]
 
 
 def _collate_skipping_unreadable(samples):
-    samples = [s for s in samples if s is not None]
+    """(images, labels, [(path, reason) of the samples that could not be decoded])."""
+    unreadable = [s[1:] for s in samples if s[0] is None]
+    samples = [s for s in samples if s[0] is not None]
     if not samples:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64)
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), unreadable
+    return (torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64),
+            unreadable)
 
 
 def _seed_worker(worker_id):

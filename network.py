@@ -53,10 +53,10 @@ def _read_op_flops_table(path):
     try:
         with open(path, "rb") as f:
             table = _RestrictedUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        raise UserError(f"{path}: not a readable FLOPs table ({e})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the FLOPs table ({e.strerror or e})") from None
+    except Exception as e:  # garbage makes the unpickler raise many kinds (even OverflowError, MemoryError)
+        raise UserError(f"{path}: not a readable FLOPs table ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise UserError(f"{path}: not a FLOPs table (expected a dict of dicts, got {type(table).__name__})")
     return table
@@ -174,10 +174,13 @@ class ShuffleNetV2OneShot(nn.Module):
 
         def lookup(op, key):
             try:
-                return table[op][key]
+                value = table[op][key]
             except KeyError:
                 raise UserError(f"{path}: no FLOPs entry {op!r} {key}; the table was made for another "
                                 f"network or input size (remove it to compute FLOPs instead)") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{path}: FLOPs entry {op!r} {key} is {value!r}, not a number")
+            return value
 
         stem = lookup("conv1", (3, self.first_conv_channels, self.input_size, self.input_size, 2))
         # Megvii's key holds the class count where the last conv's width would be expected.

@@ -322,3 +322,36 @@ def write_architecture(path, choices):
     with os.fdopen(fd, "w") as f:
         f.write("{\n" + ",\n".join(lines) + "\n}\n")
     os.replace(tmp_path, path)
+
+
+def save_epoch(output_dir, state_file, epoch, model, optimizer, scheduler, extra=None, **generators):
+    """After ``epoch`` (1-based) epochs: the weights as ``epoch_{epoch}.pth.tar`` (``{'state_dict', 'epoch'}``,
+    what network.load_weights reads) and all ``--resume`` needs as ``state_file``, both written atomically.
+    ``extra`` (plain data) goes into the state; ``generators`` are random.Random objects to restore too."""
+    atomic_save({"state_dict": model.state_dict(), "epoch": epoch},
+                os.path.join(output_dir, f"epoch_{epoch}.pth.tar"))
+    atomic_save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": get_rng_state(**generators),
+                 **(extra or {})}, os.path.join(output_dir, state_file))
+
+
+def resume_training(path, model, optimizer, scheduler, expect=None, **generators):
+    """Load a state written by ``save_epoch`` into the model, optimizer, scheduler and random generators;
+    returns the state (``state['epoch']`` epochs are done). ``expect``: values the state's ``extra`` must
+    hold for this run (e.g. the architecture), each refused with its name when it differs."""
+    state = load_training_state(path)
+    for key, value in (expect or {}).items():
+        if key in state and state[key] != value:
+            raise UserError(f"{path}: was written for {key} {state[key]}, not {value}; resume with the "
+                            f"arguments of the run that wrote it")
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise UserError(f"{path}: the saved network does not fit this run ({detail[:200]}); "
+                        f"resume with the arguments of the run that wrote it") from None
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], **generators)
+    return state

@@ -1,0 +1,155 @@
+"""Draw a finished (or running) SPOS evolution search as a PNG, from the tuner's candidates.csv.
+
+  python plot_search.py ~/nni-experiments/<experiment id>          # or its log/ or log/checkpoints/ folder
+  python plot_search.py path/to/candidates.csv -o search.png
+
+Panels: accuracy against FLOPs of every scored candidate coloured by round (the best marked); the best and
+mean accuracy of each round and the best so far; when the trials reported it, accuracy before against
+after BN recalibration. Writes search.png next to candidates.csv unless -o says otherwise.
+"""
+import argparse
+import csv
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import BoundaryNorm  # noqa: E402
+
+from utils import UserError, run_main  # noqa: E402
+
+TABLE_FILE = "candidates.csv"  # tuner.TABLE_FILE (tuner.py needs nni; this script does not)
+_PLACES = (TABLE_FILE, os.path.join("checkpoints", TABLE_FILE), os.path.join("log", "checkpoints", TABLE_FILE))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("search", help="candidates.csv, or the experiment folder (~/nni-experiments/<id>), its log/ "
+                                       "or its log/checkpoints/ folder")
+    parser.add_argument("-o", "--output", default=None, help="PNG to write (default: search.png next to the table)")
+    return parser.parse_args(argv)
+
+
+def find_table(path):
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        for place in _PLACES:
+            if os.path.isfile(os.path.join(path, place)):
+                return os.path.join(path, place)
+        raise UserError(f"{path}: no {TABLE_FILE} inside (looked for {', '.join(_PLACES)})")
+    raise UserError(f"{path}: no such file or folder")
+
+
+def read_table(path):
+    """Rows of candidates.csv with round, flops and accuracies as numbers (None when empty)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"round", "flops", "accuracy"} - set(reader.fieldnames or ())
+            if missing:
+                raise UserError(f"{path}: not a search table (no column {sorted(missing)[0]!r})")
+            rows = list(reader)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the search table ({e.strerror or e})") from None
+    table = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            table.append({**row, "round": int(row["round"]), "flops": float(row["flops"]),
+                          "accuracy": _optional_float(row["accuracy"]),
+                          "before": _optional_float(row.get("accuracy_before_recalibration"))})
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: line {line} does not hold numbers where expected: {row}") from None
+    return table
+
+
+def _optional_float(text):
+    return float(text) if text not in (None, "") else None
+
+
+def summarize(table):
+    """Per round: (round, best accuracy, mean accuracy, best so far), over the scored candidates."""
+    summary, best_so_far = [], None
+    for r in sorted({row["round"] for row in table}):
+        scores = [row["accuracy"] for row in table if row["round"] == r and row["accuracy"] is not None]
+        if scores:
+            best_so_far = max(scores) if best_so_far is None else max(best_so_far, max(scores))
+            summary.append((r, max(scores), sum(scores) / len(scores), best_so_far))
+    return summary
+
+
+def plot(table, output, title_source):
+    scored = [row for row in table if row["accuracy"] is not None]
+    if not scored:
+        raise UserError(f"{title_source}: no candidate has an accuracy yet")
+    failed = len(table) - len(scored)
+    rounds = sorted({row["round"] for row in scored})
+    with_before = [row for row in scored if row["before"] is not None]
+    best = max(scored, key=lambda row: row["accuracy"])
+    summary = summarize(table)
+
+    columns = 3 if with_before else 2
+    fig, axes = plt.subplots(1, columns, figsize=(5.2 * columns, 4.4), constrained_layout=True)
+    cmap = plt.get_cmap("viridis", len(rounds))
+    norm = BoundaryNorm([r - 0.5 for r in rounds] + [rounds[-1] + 0.5], cmap.N) if len(rounds) > 1 else None
+
+    ax = axes[0]
+    points = ax.scatter([row["flops"] / 1e6 for row in scored], [row["accuracy"] for row in scored],
+                        c=[row["round"] for row in scored], cmap=cmap, norm=norm, s=22, alpha=0.85, edgecolors="none")
+    ax.scatter([best["flops"] / 1e6], [best["accuracy"]], marker="*", s=220, facecolors="none", edgecolors="red",
+               linewidths=1.5, label=f"best {best['accuracy']:.4f} (round {best['round']})")
+    ax.set_xlabel("FLOPs (M multiply-adds at 224x224, 1000 classes)")
+    ax.set_ylabel("top-1 accuracy (after BN recalibration)")
+    ax.set_title("every candidate" + (f" ({failed} failed, not shown)" if failed else ""))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    colorbar = fig.colorbar(points, ax=ax, ticks=rounds if len(rounds) <= 20 else None)
+    colorbar.set_label("round")
+
+    ax = axes[1]
+    xs = [s[0] for s in summary]
+    ax.plot(xs, [s[1] for s in summary], "o-", label="best of the round")
+    ax.plot(xs, [s[2] for s in summary], "s--", label="mean of the round", alpha=0.8)
+    ax.step(xs, [s[3] for s in summary], where="post", color="red", label="best so far")
+    ax.set_xlabel("round")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("accuracy per round")
+    ax.set_xticks(xs if len(xs) <= 20 else ax.get_xticks())
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    if with_before:
+        ax = axes[2]
+        values = [row["before"] for row in with_before] + [row["accuracy"] for row in with_before]
+        low, high = min(values), max(values)
+        margin = 0.02 * (high - low or 1)
+        ax.plot([low - margin, high + margin], [low - margin, high + margin], color="gray", lw=0.8, ls=":")
+        ax.scatter([row["before"] for row in with_before], [row["accuracy"] for row in with_before],
+                   c=[row["round"] for row in with_before], cmap=cmap, norm=norm, s=18, alpha=0.85,
+                   edgecolors="none")
+        ax.set_xlabel("accuracy before BN recalibration")
+        ax.set_ylabel("accuracy after BN recalibration")
+        ax.set_title("effect of BN recalibration")
+        ax.grid(alpha=0.3)
+
+    fig.suptitle(f"SPOS evolution: {len(table)} candidates in {max(r['round'] for r in table)} rounds; best "
+                 f"{best['accuracy']:.4f} at {best['flops'] / 1e6:.1f}M FLOPs", fontsize=11)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    table_path = find_table(args.search)
+    table = read_table(table_path)
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(table_path)), "search.png")
+    plot(table, output, table_path)
+    print(f"wrote {output} ({len(table)} candidates from {table_path})")
+    return output
+
+
+if __name__ == "__main__":
+    run_main(main)

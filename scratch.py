@@ -1,0 +1,210 @@
+"""Step 3 of SPOS: train the found architecture from scratch (only its chosen blocks, BN with affine).
+
+    python scratch.py --fixed-arc architecture_final.json
+
+Writes ``<output-dir>/epoch_{e}.pth.tar`` (``{'state_dict': ...}``) and ``<output-dir>/training_state.pth.tar``
+(what ``--resume`` continues from) after every epoch, and NNI's TensorBoard scalars into ``--tb-dir``:
+``lr``, ``loss/train``, ``acc1/train``, ``acc5/train`` every step, ``loss/test``, ``acc1/test``,
+``acc5/test`` every epoch. ``--evaluate CHECKPOINT`` only measures a saved net on the val split.
+"""
+import argparse
+import os
+import time
+
+import torch
+from torch import nn
+
+from dataloader import ImageFolderLoader
+from network import ShuffleNetV2OneShot, load_weights
+from utils import (UserError, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,
+                   make_optimizer, resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed,
+                   setup_logging, train_one_epoch, write_architecture)
+
+STATE_FILE = "training_state.pth.tar"
+PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--architecture", "--fixed-arc", dest="architecture", default="architecture_final.json",
+                        help="the architecture to train: NNI 1.x one-hot lists, {\"LayerChoice1\": \"2\", ...}, "
+                             "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints")
+    group = parser.add_argument_group("data")
+    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
+    group.add_argument("--spos-preprocessing", action="store_true", default=False,
+                       help="Megvii's input: BGR, 0..255, linear interpolation")
+    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32")
+    group.add_argument("--workers", type=int, default=4)
+    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                       help="auto: DALI when installed, else torchvision")
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--batch-size", type=int, default=1024)
+    group.add_argument("--epochs", type=int, default=240)
+    group.add_argument("--learning-rate", type=float, default=0.5,
+                       help="for --reference-batch-size images a step, scaled linearly to --batch-size")
+    group.add_argument("--reference-batch-size", type=int, default=1024,
+                       help="Megvii's batch for lr 0.5; set it to --batch-size to use --learning-rate as it is")
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--weight-decay", type=float, default=4e-5, help="on conv and linear weights only")
+    group.add_argument("--label-smoothing", type=float, default=0.1)
+    group.add_argument("--lr-decay", choices=("linear", "cosine"), default="linear",
+                       help="per step, to 0 at the end of the last epoch")
+    group = parser.add_argument_group("run")
+    group.add_argument("--output-dir", default="./scratch_checkpoints")
+    group.add_argument("--tb-dir", default="runs", help="TensorBoard log folder")
+    group.add_argument("--resume", action="store_true", default=False,
+                       help=f"continue from <output-dir>/{STATE_FILE}")
+    group.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+                       help="only evaluate these weights on the val split and print top-1/top-5")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--log-frequency", type=int, default=10)
+    group.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError(f"--batch-size and --epochs must be positive, got {args.batch_size} and {args.epochs}")
+    # a bad architecture file is refused before any folder, data or model is touched
+    architecture = load_architecture(args.architecture)
+    if args.evaluate:
+        setup_logging()
+        return evaluate_checkpoint(args, architecture)
+
+    setup_logging(os.path.join(args.output_dir, "scratch.log"))
+    save_args(args, args.output_dir)
+    write_architecture(os.path.join(args.output_dir, "architecture.json"), architecture)
+    set_seed(args.seed)
+    device = get_device(args.device)
+
+    train_loader = make_loader(args, "train", device)
+    val_loader = make_loader(args, "val", device, classes=train_loader.classes)
+    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch", train_loader.num_images,
+                val_loader.num_images, train_loader.num_classes, train_loader.backend, len(train_loader))
+
+    model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=True,
+                                architecture=architecture)
+    log_architecture(args.architecture, architecture, model)
+    model.to(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    learning_rate = scaled_learning_rate(args.learning_rate, args.batch_size, args.reference_batch_size)
+    logger.info("learning rate %.4g (%.4g for %d images a step, scaled to a batch of %d), %s decay", learning_rate,
+                args.learning_rate, args.reference_batch_size, args.batch_size, args.lr_decay)
+    optimizer = make_optimizer(model, learning_rate, args.momentum, args.weight_decay)
+    steps = len(train_loader)
+    scheduler = make_lr_scheduler(optimizer, args.epochs * steps, args.lr_decay)
+
+    start_epoch, history = 0, []  # history: [top-1, top-5] on val after each epoch
+    state_path = os.path.join(args.output_dir, STATE_FILE)
+    if args.resume:
+        state = resume_training(state_path, model, optimizer, scheduler, expect={"architecture": list(architecture)})
+        start_epoch, history = state["epoch"], [list(h) for h in state.get("history", [])]
+        logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
+        if start_epoch >= args.epochs:
+            logger.info("nothing left to train")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    # after a resume, hide what the interrupted run logged past its last saved epoch
+    writer = SummaryWriter(log_dir=args.tb_dir, purge_step=start_epoch * steps if start_epoch else None)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            started = time.perf_counter()
+            train_criterion = TrainScalars(criterion, writer, optimizer, global_step=epoch * steps)
+            train_stats = train_one_epoch(model, train_loader, train_criterion, optimizer, scheduler, epoch,
+                                          args.epochs, args.log_frequency)
+            val_stats = evaluate(model, val_loader, criterion)
+            writer.add_scalar("loss/test", val_stats["loss"], global_step=epoch)
+            writer.add_scalar("acc1/test", val_stats["top1"], global_step=epoch)
+            writer.add_scalar("acc5/test", val_stats["top5"], global_step=epoch)
+            writer.flush()
+            history.append([val_stats["top1"], val_stats["top5"]])
+            save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler,
+                       extra={"architecture": list(architecture), "history": history})
+            logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
+                        "val loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
+                        epoch + 1, args.epochs, time.perf_counter() - started, train_stats["loss"],
+                        train_stats["top1"], train_stats["images_per_s"], val_stats["loss"], val_stats["top1"],
+                        val_stats["top5"], epoch + 1)
+    finally:
+        writer.close()
+    if history:
+        best = max(range(len(history)), key=lambda e: history[e][0])
+        logger.info("best val top-1 %.4f top-5 %.4f (epoch %d); last (epoch %d) top-1 %.4f top-5 %.4f",
+                    history[best][0], history[best][1], best + 1, len(history), history[-1][0], history[-1][1])
+
+
+def make_loader(args, split, device, classes=None):
+    return ImageFolderLoader(args.imagenet_dir, split, train=split == "train", batch_size=args.batch_size,
+                             input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                             workers=args.workers, backend=args.loader, device=device, seed=args.seed,
+                             classes=classes)
+
+
+class TrainScalars:
+    """The training loss, also writing NNI's per-step TensorBoard scalars (``lr``, ``loss/train``,
+    ``acc1/train``, ``acc5/train``): train_one_epoch calls its criterion once per step, after the forward
+    pass and before the optimizer step, so ``lr`` is the one this step uses."""
+
+    def __init__(self, criterion, writer, optimizer, global_step):
+        self.criterion, self.writer, self.optimizer, self.global_step = criterion, writer, optimizer, global_step
+
+    def __call__(self, output, labels):
+        loss = self.criterion(output, labels)
+        top1, top5 = accuracy(output.detach(), labels)
+        self.writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], global_step=self.global_step)
+        self.writer.add_scalar("loss/train", loss.item(), global_step=self.global_step)
+        self.writer.add_scalar("acc1/train", top1, global_step=self.global_step)
+        self.writer.add_scalar("acc5/train", top5, global_step=self.global_step)
+        self.global_step += 1
+        return loss
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def architecture_flops(architecture, input_size, n_classes):
+    """FLOPs of the from-scratch net: from NNI's table when it covers this size, computed otherwise."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=True, architecture=architecture)
+        try:
+            return net.get_candidate_flops(), net
+        except UserError:  # the table only holds the sizes it was made for
+            net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=True,
+                                      architecture=architecture, op_flops_path=None)
+            return net.get_candidate_flops(), net
+
+
+def log_architecture(path, architecture, model):
+    flops, _ = architecture_flops(architecture, model.input_size, model.n_classes)
+    paper_flops, paper_net = architecture_flops(architecture, PAPER_INPUT_SIZE, PAPER_CLASSES)
+    logger.info("architecture %s: %s", path, ",".join(map(str, architecture)))
+    logger.info("FLOPs %.2fM at %dx%d and %d classes (%.1fM at %dx%d and %d classes, as the paper counts)",
+                flops / 1e6, model.input_size, model.input_size, model.n_classes, paper_flops / 1e6,
+                PAPER_INPUT_SIZE, PAPER_INPUT_SIZE, PAPER_CLASSES)
+    logger.info("parameters %.2fM with %d classes (%.2fM with %d)", count_parameters(model) / 1e6, model.n_classes,
+                count_parameters(paper_net) / 1e6, PAPER_CLASSES)
+
+
+def evaluate_checkpoint(args, architecture):
+    device = get_device(args.device)
+    train_dir = os.path.join(args.imagenet_dir, "train")
+    # the labels training used: train's class folders in sorted order (val alone may lack some)
+    classes = None
+    if os.path.isdir(train_dir):
+        classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")) or None
+    val_loader = make_loader(args, "val", device, classes=classes)
+    model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=val_loader.num_classes, affine=True,
+                                architecture=architecture)
+    load_weights(model, args.evaluate)
+    model.to(device)
+    stats = evaluate(model, val_loader, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
+    print(f"{args.evaluate}: top-1 {stats['top1']:.4f}  top-5 {stats['top5']:.4f}  loss {stats['loss']:.4f}  "
+          f"on {stats['images']} val images of {args.imagenet_dir}", flush=True)
+    return stats
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,297 @@
+"""Step 2 of SPOS: score one candidate path of the trained supernet (one NNI trial = one candidate).
+
+Flow (NNI's SPOS tester): build the supernet for the dataset's classes, load the checkpoint, evaluate the
+candidate on val (reported as an intermediate result), recalibrate batch norm (reset every BN's running
+statistics, then ``--train-iters`` training batches in train mode without gradients, averaged
+cumulatively), evaluate again, report the accuracy as the final result.
+
+Three ways to run it:
+  nnictl ss_gen -t "python tester.py"          writes nni_auto_gen_search_space.json and exits
+                                               (needs no checkpoint, data or GPU)
+  nnictl create --config config_search.yml     one trial per candidate from tuner.EvolutionWithFlops
+  python tester.py --fixed-arc FILE            one architecture, standalone: prints its accuracy
+
+Under NNI the final result is ``{"default": accuracy after recalibration, "before_recalibration": ...}``,
+both fractions in [0, 1], so the tuner sees both; the two intermediate results are the same numbers.
+The functions here (``load_supernet``, ``recalibrate_bn``, ``evaluate_candidate``) are the ones an
+in-process search reuses.
+"""
+import json
+import os
+import sys
+import time
+
+_MODULE_STARTED = time.time()
+
+SEARCH_SPACE_ENV = "NNI_GEN_SEARCH_SPACE"
+# network.NUM_LAYERS and network.NUM_CHOICES (tests check they agree), repeated here so that ss_gen answers
+# without importing torch.
+NUM_LAYERS = 20
+NUM_CHOICES = 4
+
+
+def search_space():
+    """The NNI 1.x search space of the supernet: LayerChoice1..20, each choosing a block "0".."3"."""
+    return {f"LayerChoice{i + 1}": {"_type": "layer_choice", "_value": [str(c) for c in range(NUM_CHOICES)]}
+            for i in range(NUM_LAYERS)}
+
+
+def write_search_space(path):
+    try:
+        with open(path, "w") as f:
+            json.dump(search_space(), f, indent=2, sort_keys=True)
+            f.write("\n")
+    except OSError as e:
+        print(f"error: {path}: cannot write the search space ({e.strerror or e})", file=sys.stderr)
+        return 2
+    print(f"wrote the search space ({NUM_LAYERS} layer choices of {NUM_CHOICES} blocks) to {path}")
+    return 0
+
+
+# `nnictl ss_gen` runs the trial command with NNI_GEN_SEARCH_SPACE set: answer before the heavy imports.
+if __name__ == "__main__" and os.environ.get(SEARCH_SPACE_ENV):
+    sys.exit(write_search_space(os.environ[SEARCH_SPACE_ENV]))
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from dataloader import ImageFolderLoader  # noqa: E402
+from network import ShuffleNetV2OneShot, load_weights  # noqa: E402
+from utils import (UserError, evaluate, get_device, load_architecture, logger, parse_architecture,  # noqa: E402
+                   run_main, set_seed, setup_logging)
+
+OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_argument_group("data")
+    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
+    group.add_argument("--spos-preprocessing", action="store_true", default=False,
+                       help="Megvii's input: BGR, 0..255, linear interpolation (for official checkpoints)")
+    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32; the supernet's")
+    group.add_argument("--workers", type=int, default=6)
+    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                       help="auto: DALI when installed, else torchvision")
+    group.add_argument("--train-batch-size", type=int, default=128, help="batch for BN recalibration")
+    group.add_argument("--test-batch-size", type=int, default=512)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--checkpoint", default=OFFICIAL_CHECKPOINT,
+                       help="supernet weights (official or supernet.py's); a folder means its newest epoch_N.pth.tar")
+    group.add_argument("--train-iters", type=int, default=200,
+                       help="training batches for BN recalibration; 0 keeps the checkpoint's statistics")
+    group.add_argument("--fixed-arc", metavar="FILE", default=None,
+                       help="evaluate this architecture (architecture_final.json format) without NNI and print "
+                            "the result")
+    group = parser.add_argument_group("run")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--log-frequency", type=int, default=10)
+    group.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def resolve_checkpoint(path):
+    """``path`` itself, or for a folder (supernet.py's output) its epoch_N.pth.tar with the largest N."""
+    if not os.path.isdir(path):
+        return path
+    epochs = [(int(m.group(1)), name) for name in os.listdir(path) if (m := _EPOCH_FILE.match(name))]
+    if not epochs:
+        raise UserError(f"{path}: no epoch_N.pth.tar inside (train the supernet first: python supernet.py)")
+    return os.path.join(path, max(epochs)[1])
+
+
+def load_supernet(checkpoint, input_size, n_classes, device="cpu"):
+    """The supernet for ``n_classes`` with the checkpoint's weights (read without unpickling objects)."""
+    model = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=False)
+    load_weights(model, checkpoint)
+    return model.to(device).eval()
+
+
+def batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def save_bn_state(model):
+    """The running statistics and momentum of every BN, for ``restore_bn_state``."""
+    return [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for m in batch_norms(model)]
+
+
+def restore_bn_state(state):
+    with torch.no_grad():
+        for m, momentum, mean, var, count in state:
+            m.momentum = momentum
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
+def reset_bn_stats(model):
+    """Every BN to running mean 0, variance 1, no batches seen, and momentum None: the statistics become a
+    cumulative average over the batches that follow."""
+    for m in batch_norms(model):
+        m.reset_running_stats()
+        m.momentum = None
+
+
+def cycle_batches(loader, num_batches):
+    """``num_batches`` batches of ``loader``, starting it over as often as needed."""
+    produced = 0
+    while produced < num_batches:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            produced += 1
+            if produced >= num_batches:
+                return
+        if empty:
+            raise UserError(f"{getattr(loader, 'split_dir', 'the training data')}: no batches to recalibrate "
+                            f"batch norm with")
+
+
+@torch.no_grad()
+def recalibrate_bn(model, architecture, loader, num_batches, log_frequency=0):
+    """Reset BN statistics, then run ``num_batches`` training batches through ``architecture`` in train mode
+    without gradients. Leaves the model in eval mode."""
+    reset_bn_stats(model)
+    model.train()
+    started = time.perf_counter()
+    for step, (images, _) in enumerate(cycle_batches(loader, num_batches)):
+        model(images, architecture)
+        if log_frequency and ((step + 1) % log_frequency == 0 or step + 1 == num_batches):
+            logger.info("BN recalibration [%d/%d]  %.1f batches/s", step + 1, num_batches,
+                        (step + 1) / (time.perf_counter() - started))
+    model.eval()
+
+
+def evaluate_candidate(model, architecture, train_loader, val_loader, train_iters, log_frequency=0,
+                       on_before_recalibration=None):
+    """Top-1 of ``architecture`` on ``val_loader`` before and after BN recalibration with ``train_iters``
+    batches of ``train_loader`` (0: no recalibration). The model's BN statistics are restored afterwards,
+    so the next candidate starts from the checkpoint's. ``on_before_recalibration(accuracy)`` is called as
+    soon as the first number is known."""
+    criterion = nn.CrossEntropyLoss()
+    saved = save_bn_state(model)
+    seconds = {}
+    try:
+        started = time.perf_counter()
+        before = evaluate(model, val_loader, criterion, architecture=architecture)
+        seconds["evaluation_before"] = time.perf_counter() - started
+        logger.info("before BN recalibration: top1 %.4f top5 %.4f loss %.4f (%d images, %.1f s)", before["top1"],
+                    before["top5"], before["loss"], before["images"], seconds["evaluation_before"])
+        if on_before_recalibration is not None:
+            on_before_recalibration(before["top1"])
+        if train_iters > 0:
+            started = time.perf_counter()
+            recalibrate_bn(model, architecture, train_loader, train_iters, log_frequency)
+            seconds["recalibration"] = time.perf_counter() - started
+            started = time.perf_counter()
+            after = evaluate(model, val_loader, criterion, architecture=architecture)
+            seconds["evaluation_after"] = time.perf_counter() - started
+            logger.info("after BN recalibration (%d batches, %.1f s): top1 %.4f top5 %.4f loss %.4f (%.1f s)",
+                        train_iters, seconds["recalibration"], after["top1"], after["top5"], after["loss"],
+                        seconds["evaluation_after"])
+        else:
+            after = before
+            seconds["recalibration"] = seconds["evaluation_after"] = 0.0
+    finally:
+        restore_bn_state(saved)
+    return {"accuracy_before_recalibration": before["top1"], "accuracy": after["top1"], "top5": after["top5"],
+            "loss": after["loss"], "images": after["images"], "seconds": seconds}
+
+
+def candidate_from_parameters(parameters):
+    """20 choices from what NNI hands a trial: the tuner's ``{"LayerChoice1": {"_value": "2", "_idx": 2}}``
+    or plain values (``"2"``, ``2``, one-hot lists, a list of 20 ints)."""
+    if not parameters:
+        raise UserError("NNI gave this trial no candidate: run it through `nnictl create --config "
+                        "config_search.yml`, or evaluate one architecture with --fixed-arc FILE")
+    return parse_architecture(parameters, "candidate from the tuner")
+
+
+def build_loaders(args, device):
+    train_loader = ImageFolderLoader(args.imagenet_dir, "train", train=True, batch_size=args.train_batch_size,
+                                     input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                                     workers=args.workers, backend=args.loader, device=device, seed=args.seed)
+    val_loader = ImageFolderLoader(args.imagenet_dir, "val", train=False, batch_size=args.test_batch_size,
+                                   input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                                   workers=args.workers, backend=args.loader, device=device, seed=args.seed,
+                                   classes=train_loader.classes)
+    return train_loader, val_loader
+
+
+def _process_started():
+    try:
+        import psutil
+        return psutil.Process().create_time()
+    except Exception:  # psutil comes with nni; without it, count from this module's first line
+        return _MODULE_STARTED
+
+
+def main(argv=None):
+    process_started = _process_started()
+    args = parse_args(argv)
+    setup_logging()
+    if args.train_iters < 0 or args.train_batch_size < 1 or args.test_batch_size < 1:
+        raise UserError("--train-iters must be >= 0 and the batch sizes positive, got "
+                        f"{args.train_iters}, {args.train_batch_size}, {args.test_batch_size}")
+    seconds = {"start_up": time.time() - process_started}
+
+    nni = None
+    if args.fixed_arc:
+        architecture = load_architecture(args.fixed_arc)
+        source = args.fixed_arc
+    else:
+        import nni
+        architecture = candidate_from_parameters(nni.get_next_parameter())
+        source = f"NNI trial {nni.get_trial_id()}"
+    logger.info("candidate (%s): %s", source, " ".join(map(str, architecture)))
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise UserError(f"{checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
+    set_seed(args.seed)
+    device = get_device(args.device)
+    # An undertrained supernet's statistics make denormal floats, which slow CPU kernels tenfold or more.
+    torch.set_flush_denormal(True)
+
+    started = time.perf_counter()
+    train_loader, val_loader = build_loaders(args, device)
+    seconds["data"] = time.perf_counter() - started
+    logger.info("data: %d train / %d val images, %d classes, %s loader (%.1f s)", train_loader.num_images,
+                val_loader.num_images, train_loader.num_classes, train_loader.backend, seconds["data"])
+
+    started = time.perf_counter()
+    model = load_supernet(checkpoint, args.input_size, train_loader.num_classes, device)
+    seconds["checkpoint_load"] = time.perf_counter() - started
+    logger.info("loaded %s (%.1f s)", checkpoint, seconds["checkpoint_load"])
+
+    report_before = nni.report_intermediate_result if nni is not None else None
+    result = evaluate_candidate(model, architecture, train_loader, val_loader, args.train_iters,
+                                args.log_frequency, report_before)
+    seconds.update(result.pop("seconds"))
+    seconds["total"] = time.time() - process_started
+    logger.info("timing (s): start-up %.1f, data %.1f, checkpoint load %.1f, evaluation before %.1f, "
+                "BN recalibration %.1f, evaluation after %.1f, total %.1f", seconds["start_up"], seconds["data"],
+                seconds["checkpoint_load"], seconds["evaluation_before"], seconds["recalibration"],
+                seconds["evaluation_after"], seconds["total"])
+    if nni is not None:
+        nni.report_intermediate_result(result["accuracy"])
+        nni.report_final_result({"default": result["accuracy"],
+                                 "before_recalibration": result["accuracy_before_recalibration"]})
+    else:
+        flops = model.get_candidate_flops(architecture)
+        logger.info("candidate FLOPs %.2fM at %dx%d, %d classes", flops / 1e6, args.input_size, args.input_size,
+                    train_loader.num_classes)
+        print(json.dumps({"architecture": list(architecture), "checkpoint": checkpoint, "flops": flops,
+                          "input_size": args.input_size, **result,
+                          "seconds": {k: round(v, 3) for k, v in seconds.items()}}))
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)

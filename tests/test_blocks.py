@@ -1,0 +1,85 @@
+"""blocks.py: the four candidates of a choice layer, their shapes and the channel shuffle."""
+import pytest
+import torch
+from torch import nn
+
+from blocks import CHOICE_NAMES, ShuffleNetBlock, ShuffleXceptionBlock, channel_shuffle, make_block
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("choice", range(len(CHOICE_NAMES)))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_output_shape(choice, stride, affine):
+    # first layer of a stage (stride 2) sees all of the previous stage; others half of their own stage
+    inp, oup, mid = (16, 64, 32) if stride == 2 else (32, 64, 32)
+    block = make_block(choice, inp, oup, mid, stride, affine)
+    x = torch.randn(2, inp if stride == 2 else 2 * inp, 16, 16)
+    y = block(x)
+    assert y.shape == (2, oup, 16 // stride, 16 // stride)
+    batch_norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batch_norms and all(m.affine == affine for m in batch_norms)
+    assert all(m.bias is None for m in block.modules() if isinstance(m, nn.Conv2d))
+    assert (block.branch_proj is not None) == (stride == 2)
+
+
+@pytest.mark.parametrize("choice, kernel", [(0, 3), (1, 5), (2, 7), (3, 3)])
+def test_block_kinds_and_kernels(choice, kernel):
+    block = make_block(choice, 16, 64, 32, 2, False)
+    assert isinstance(block, ShuffleXceptionBlock if choice == 3 else ShuffleNetBlock)
+    depthwise = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert {m.kernel_size for m in depthwise} == {(kernel, kernel)}
+    assert block.branch_proj[0].kernel_size == (kernel, kernel) and block.branch_proj[0].stride == (2, 2)
+
+
+def test_official_layer_order():
+    """Sequential indices count every conv, BN and ReLU as Megvii's code does (checkpoint key names)."""
+    shuffle = make_block(2, 32, 64, 32, 1, False)
+    assert [type(m).__name__ for m in shuffle.branch_main] == [
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU"]
+    xception = make_block(3, 16, 64, 32, 2, False)
+    assert [type(m).__name__ for m in xception.branch_main] == [
+        "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d",
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU"]
+    assert xception.branch_main[0].stride == (2, 2) and xception.branch_main[5].stride == (1, 1)
+    assert [type(m).__name__ for m in xception.branch_proj] == ["Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d",
+                                                                 "ReLU"]
+    assert xception.branch_main[-3].out_channels == 64 - 16
+
+
+def test_bad_choice_is_refused():
+    with pytest.raises(ValueError):
+        make_block(4, 16, 64, 32, 2, False)
+
+
+def test_channel_shuffle_splits_even_and_odd():
+    x = torch.arange(2 * 8 * 3 * 3, dtype=torch.float32).reshape(2, 8, 3, 3)
+    x_pass, x_main = channel_shuffle(x)
+    assert torch.equal(x_pass, x[:, [0, 2, 4, 6]])
+    assert torch.equal(x_main, x[:, [1, 3, 5, 7]])
+
+
+@pytest.mark.parametrize("choice", range(len(CHOICE_NAMES)))
+def test_stride_one_passes_even_channels_and_feeds_odd_ones_to_the_main_branch(choice):
+    torch.manual_seed(0)
+    block = make_block(choice, 16, 32, 16, 1, False).eval()
+    x = torch.randn(2, 32, 8, 8)
+    y = block(x)
+    assert torch.equal(y[:, :16], x[:, 0::2])  # even input channels, in order, untouched
+    assert torch.allclose(y[:, 16:], block.branch_main(x[:, 1::2]))
+    # the main half depends on odd input channels only
+    x_changed = x.clone()
+    x_changed[:, 0::2] += 1.0
+    assert torch.allclose(block(x_changed)[:, 16:], y[:, 16:])
+    x_changed = x.clone()
+    x_changed[:, 1::2] += 1.0
+    assert not torch.allclose(block(x_changed)[:, 16:], y[:, 16:])
+
+
+@pytest.mark.parametrize("choice", range(len(CHOICE_NAMES)))
+def test_stride_two_concatenates_projection_and_main_branch(choice):
+    torch.manual_seed(0)
+    block = make_block(choice, 16, 64, 32, 2, False).eval()
+    x = torch.randn(2, 16, 8, 8)
+    y = block(x)
+    assert torch.allclose(y[:, :16], block.branch_proj(x))
+    assert torch.allclose(y[:, 16:], block.branch_main(x))

@@ -1,0 +1,262 @@
+"""network.py: official naming and checkpoints, FLOPs (computed and from Megvii's table), sizes, sampling."""
+import os
+import pickle
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import network
+from network import (FlopsBinnedSampler, ShuffleNetV2OneShot, layer_specs, load_and_parse_state_dict,
+                     load_weights, random_architecture)
+from utils import UserError
+
+FINAL_ARCHITECTURE = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_TABLE = "/nonexistent/op_flops_dict.pkl"
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    torch.manual_seed(0)
+    return ShuffleNetV2OneShot(op_flops_path=NO_TABLE)
+
+
+def official_keys():
+    """State-dict keys of Megvii's supernet (affine=False BN), written out from its layer order."""
+    def conv(prefix):
+        return [f"{prefix}.weight"]
+
+    def bn(prefix):
+        return [f"{prefix}.running_mean", f"{prefix}.running_var", f"{prefix}.num_batches_tracked"]
+
+    keys = conv("first_conv.0") + bn("first_conv.1")
+    for layer, (_, _, _, stride, _) in enumerate(layer_specs(224)):
+        for choice in range(4):
+            main = f"features.{layer}.{choice}.branch_main"
+            if choice < 3:  # conv BN ReLU, dw-conv BN, conv BN ReLU
+                convs, bns = (0, 3, 5), (1, 4, 6)
+            else:  # (dw-conv BN, conv BN ReLU) x 3
+                convs, bns = (0, 2, 5, 7, 10, 12), (1, 3, 6, 8, 11, 13)
+            keys += [k for i in convs for k in conv(f"{main}.{i}")] + [k for i in bns for k in bn(f"{main}.{i}")]
+            if stride == 2:
+                proj = f"features.{layer}.{choice}.branch_proj"
+                keys += conv(f"{proj}.0") + bn(f"{proj}.1") + conv(f"{proj}.2") + bn(f"{proj}.3")
+    return set(keys + conv("conv_last.0") + bn("conv_last.1") + ["classifier.0.weight"])
+
+
+def test_official_module_names(supernet):
+    assert set(supernet.state_dict()) == official_keys()
+    assert supernet.features[0][0].branch_proj[0].weight.shape == (16, 1, 3, 3)
+    assert supernet.features[19][3].branch_main[12].weight.shape == (640 - 320, 320, 1, 1)
+    assert supernet.classifier[0].weight.shape == (1000, 1024)
+    assert supernet.classifier[0].bias is None
+
+
+def test_official_init(supernet):
+    assert abs(supernet.first_conv[0].weight.std().item() - 0.01) < 0.002
+    assert abs(supernet.classifier[0].weight.std().item() - 0.01) < 0.001
+    pointwise = supernet.features[5][1].branch_main[0].weight  # 1x1 conv 80 -> 80
+    assert abs(pointwise.std().item() - 1 / 80) < 0.002
+    assert all(torch.all(m.running_mean == 0) for m in supernet.modules() if isinstance(m, nn.BatchNorm2d))
+    scratch = ShuffleNetV2OneShot(architecture=FINAL_ARCHITECTURE, affine=True, op_flops_path=NO_TABLE)
+    bn = scratch.first_conv[1]
+    assert torch.all(bn.weight == 1) and torch.allclose(bn.bias, torch.full_like(bn.bias, 1e-4))
+
+
+def test_official_format_checkpoint_loads_strictly_and_gives_identical_outputs(supernet, tmp_path):
+    torch.manual_seed(1)
+    source = ShuffleNetV2OneShot(n_classes=1000, op_flops_path=NO_TABLE)
+    with torch.no_grad():  # non-trivial BN statistics, so that loading them matters too
+        for m in source.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "checkpoint-150000.pth.tar"
+    torch.save({"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}, path)
+
+    state_dict = load_and_parse_state_dict(str(path))
+    assert not any(k.startswith("module.") for k in state_dict)
+    target = ShuffleNetV2OneShot(n_classes=1000, op_flops_path=NO_TABLE)
+    target.load_state_dict(state_dict, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    source.eval(), target.eval()
+    with torch.no_grad():
+        for architecture in (FINAL_ARCHITECTURE, (3,) * 20, (0,) * 20):
+            assert torch.equal(source(x, architecture), target(x, architecture))
+    assert load_weights(ShuffleNetV2OneShot(n_classes=1000, op_flops_path=NO_TABLE), str(path)) is not None
+
+
+def test_from_scratch_net_has_only_the_chosen_blocks():
+    net = ShuffleNetV2OneShot(architecture=FINAL_ARCHITECTURE, affine=True, op_flops_path=NO_TABLE)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(3.56e6, abs=0.01e6)
+    assert len(net.features) == 20
+    assert all(bn.affine for bn in net.modules() if isinstance(bn, nn.BatchNorm2d))
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+    assert net.get_candidate_flops() == net.get_candidate_flops(FINAL_ARCHITECTURE)
+
+
+def test_supernet_needs_an_architecture(supernet):
+    with pytest.raises(ValueError):
+        supernet(torch.randn(1, 3, 32, 32))
+
+
+def test_flops_of_the_released_architecture(supernet):
+    flops = supernet.get_candidate_flops(FINAL_ARCHITECTURE)
+    assert flops == pytest.approx(323e6, rel=0.005)
+    tuner_form = {f"LayerChoice{i + 1}": {"_value": str(c), "_idx": c} for i, c in enumerate(FINAL_ARCHITECTURE)}
+    assert supernet.get_candidate_flops(tuner_form) == flops
+    # more expensive blocks, more FLOPs
+    assert supernet.get_candidate_flops((0,) * 20) < flops < supernet.get_candidate_flops((2,) * 20)
+
+
+@pytest.mark.parametrize("input_size, n_classes", [(32, 10), (96, 7), (160, 3)])
+def test_any_multiple_of_32_and_class_count(input_size, n_classes):
+    net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, op_flops_path=NO_TABLE).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, input_size, input_size), FINAL_ARCHITECTURE).shape == (2, n_classes)
+    assert net.get_candidate_flops(FINAL_ARCHITECTURE) > 0
+
+
+@pytest.mark.parametrize("input_size", [100, 0, -32, 33])
+def test_non_multiple_of_32_is_a_user_error(input_size):
+    with pytest.raises(UserError, match=str(input_size)):
+        ShuffleNetV2OneShot(input_size=input_size, op_flops_path=NO_TABLE)
+
+
+def megvii_table(model, bump):
+    """Megvii's op_flops_dict.pkl format from this model's computed numbers, each plus ``bump``."""
+    stem, per_layer, rest = model._flops_computed()
+    table = {"conv1": {(3, 16, 224, 224, 2): stem + bump},
+             "rest_operation": {(640, model.n_classes, 7, 7, 1): rest + bump}}
+    for (inp, oup, mid, stride, fm), flops in zip(layer_specs(224), per_layer):
+        for name, value in zip(("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3"), flops):
+            # Megvii's feature map sizes are floats after halving (56.0): equal keys all the same
+            table.setdefault(f"{name}_stride_{stride}", {})[(inp, oup, mid, float(fm), float(fm), stride)] = \
+                value + bump
+    return table
+
+
+def test_flops_table_is_used_when_present(supernet, tmp_path):
+    path = tmp_path / "op_flops_dict.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(megvii_table(supernet, 1000), f)
+    from_table = ShuffleNetV2OneShot(op_flops_path=str(path))
+    computed = supernet.get_candidate_flops(FINAL_ARCHITECTURE)
+    assert from_table.get_candidate_flops(FINAL_ARCHITECTURE) == computed + 22 * 1000
+
+
+def test_flops_table_for_another_input_size_is_a_user_error(supernet, tmp_path):
+    path = tmp_path / "op_flops_dict.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(megvii_table(supernet, 0), f)
+    with pytest.raises(UserError, match="op_flops_dict.pkl.*no FLOPs entry"):
+        ShuffleNetV2OneShot(input_size=32, op_flops_path=str(path)).get_candidate_flops(FINAL_ARCHITECTURE)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_flops_table_with_objects_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "op_flops_dict.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1": {(3, 16, 224, 224, 2): _Exploit(marker)}}, f)
+    with pytest.raises(UserError, match="op_flops_dict.pkl.*refusing to load"):
+        ShuffleNetV2OneShot(op_flops_path=str(path)).get_candidate_flops(FINAL_ARCHITECTURE)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"this is not a pickle", b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7f", b"",
+                                     pickle.dumps([1, 2, 3]), pickle.dumps({"conv1": {(3, 16, 224, 224, 2): "x"}})])
+def test_garbage_flops_table_is_a_user_error_naming_the_path(tmp_path, content):
+    path = tmp_path / "op_flops_dict.pkl"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=str(path)):
+        ShuffleNetV2OneShot(op_flops_path=str(path)).get_candidate_flops(FINAL_ARCHITECTURE)
+
+
+def test_random_garbage_flops_tables_never_escape_as_other_errors(tmp_path):
+    path = tmp_path / "op_flops_dict.pkl"
+    rng = random.Random(0)
+    for i in range(300):
+        path.write_bytes(b"\x80\x04" + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))))
+        try:
+            network._read_op_flops_table(str(path))
+        except UserError as e:
+            assert str(path) in str(e)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, supernet):
+    path = tmp_path / "epoch_1.pth.tar"
+    torch.save({"state_dict": supernet.state_dict(), "epoch": 1}, path)
+    return path
+
+
+def test_truncated_checkpoint_is_a_user_error(checkpoint):
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match=f"{checkpoint}: not a readable PyTorch checkpoint"):
+        load_and_parse_state_dict(str(checkpoint))
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="nothing.pth.tar: checkpoint not found"):
+        load_and_parse_state_dict(str(tmp_path / "nothing.pth.tar"))
+
+
+def test_text_file_as_checkpoint_is_a_user_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(UserError, match=str(path)):
+        load_and_parse_state_dict(str(path))
+
+
+def test_checkpoint_of_unrelated_tensors_is_a_user_error(tmp_path):
+    path = tmp_path / "foreign.pth.tar"
+    torch.save({"encoder.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}, path)
+    with pytest.raises(UserError, match=f"{path}: does not fit this network.*missing"):
+        load_weights(ShuffleNetV2OneShot(op_flops_path=NO_TABLE), str(path))
+
+
+def test_checkpoint_of_another_class_count_is_a_user_error(checkpoint):
+    with pytest.raises(UserError, match=f"{checkpoint}: does not fit this network.*wrong shape.*classifier"):
+        load_weights(ShuffleNetV2OneShot(n_classes=10, op_flops_path=NO_TABLE), str(checkpoint))
+
+
+def test_checkpoint_holding_objects_is_not_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {"x": _Exploit(marker)}}, path)
+    with pytest.raises(UserError, match=str(path)):
+        load_and_parse_state_dict(str(path))
+    assert not marker.exists()
+
+
+def test_flops_binned_sampler_draws_paths_in_the_scaled_bins():
+    for input_size, n_classes in ((224, 1000), (32, 10)):
+        model = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, op_flops_path=NO_TABLE)
+        sampler = FlopsBinnedSampler(model, random.Random(0))
+        scale = (input_size / 224) ** 2
+        assert sampler.bins[0][0] == pytest.approx(290e6 * scale) and sampler.bins[-1][1] == pytest.approx(
+            360e6 * scale)
+        assert len(sampler.bins) == 7
+        hits = [0] * 7
+        for _ in range(200):
+            flops = model.get_candidate_flops(sampler())
+            in_bins = [i for i, (low, high) in enumerate(sampler.bins) if low <= flops <= high]
+            assert in_bins, f"{flops} outside every bin at input {input_size}"
+            hits[in_bins[0]] += 1
+        assert all(hits), hits  # each bin drawn
+    # about 59 % of uniform paths are at most 330M FLOPs (SPEC): checks the computed FLOPs' spread
+    model = ShuffleNetV2OneShot(op_flops_path=NO_TABLE)
+    rng = random.Random(1)
+    share = sum(model.get_candidate_flops(random_architecture(rng)) <= 330e6 for _ in range(2000)) / 2000
+    assert 0.55 < share < 0.63

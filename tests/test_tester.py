@@ -1,0 +1,176 @@
+"""tester.py: the search space for `nnictl ss_gen`, the candidate formats a trial takes, BN recalibration, and
+one candidate scored on the digits data (as an NNI trial with NNI's calls recorded, and standalone)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import network
+import tester
+from utils import UserError, write_architecture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
+
+
+def venv_env():
+    """The environment of a user who activated the venv: its bin/ first on PATH (nnictl, python)."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    """An untrained digits supernet (32x32, 10 classes) saved as supernet.py saves its epochs."""
+    torch.manual_seed(0)
+    model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10)
+    path = tmp_path_factory.mktemp("supernet") / "epoch_1.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "epoch": 1}, path)
+    return str(path)
+
+
+def digits_args(digits_dir, checkpoint, *extra):
+    return ["--imagenet-dir", digits_dir, "--input-size", "32", "--checkpoint", checkpoint, "--train-iters", "3",
+            "--train-batch-size", "32", "--test-batch-size", "100", "--workers", "1", "--device", "cpu", *extra]
+
+
+def test_structure_constants_match_the_network():
+    assert (tester.NUM_LAYERS, tester.NUM_CHOICES) == (network.NUM_LAYERS, network.NUM_CHOICES)
+
+
+def test_nnictl_ss_gen_writes_the_nni1_search_space(tmp_path):
+    target = tmp_path / "nni_auto_gen_search_space.json"
+    started = time.monotonic()
+    done = subprocess.run(["nnictl", "ss_gen", "-t", "python tester.py", "-f", str(target)], cwd=REPO,
+                          env=venv_env(), capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = target.read_text()
+    space = json.loads(text)
+    keys = [f"LayerChoice{i}" for i in range(1, 21)]
+    assert list(space) == sorted(keys)  # NNI 1.x wrote the keys sorted
+    assert all(space[k] == {"_type": "layer_choice", "_value": ["0", "1", "2", "3"]} for k in keys)
+    assert elapsed < 30  # no torch, data or checkpoint involved
+
+
+def test_candidate_formats():
+    tuner_form = {f"LayerChoice{i + 1}": {"_value": str(c), "_idx": c} for i, c in enumerate(ARCH)}
+    assert tester.candidate_from_parameters(tuner_form) == ARCH
+    assert tester.candidate_from_parameters({f"LayerChoice{i + 1}": str(c) for i, c in enumerate(ARCH)}) == ARCH
+    assert tester.candidate_from_parameters({f"LayerChoice{i + 1}": c for i, c in enumerate(ARCH)}) == ARCH
+    assert tester.candidate_from_parameters(list(ARCH)) == ARCH
+    with pytest.raises(UserError, match="no candidate"):
+        tester.candidate_from_parameters({})
+    with pytest.raises(UserError, match="LayerChoice20"):
+        tester.candidate_from_parameters({k: v for k, v in tuner_form.items() if k != "LayerChoice20"})
+    with pytest.raises(UserError, match="out of range"):
+        tester.candidate_from_parameters({**tuner_form, "LayerChoice3": {"_value": "4", "_idx": 4}})
+
+
+def test_resolve_checkpoint_takes_the_newest_epoch_of_a_folder(tmp_path):
+    for epoch in (2, 10, 9):
+        (tmp_path / f"epoch_{epoch}.pth.tar").write_bytes(b"")
+    (tmp_path / "training_state.pth.tar").write_bytes(b"")
+    assert tester.resolve_checkpoint(str(tmp_path)) == str(tmp_path / "epoch_10.pth.tar")
+    assert tester.resolve_checkpoint(str(tmp_path / "epoch_2.pth.tar")) == str(tmp_path / "epoch_2.pth.tar")
+    with pytest.raises(UserError, match="no epoch_N"):
+        tester.resolve_checkpoint(str(_empty_dir(tmp_path)))
+
+
+def _empty_dir(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return empty
+
+
+def test_cycle_batches_starts_the_loader_over():
+    assert list(tester.cycle_batches([1, 2, 3], 7)) == [1, 2, 3, 1, 2, 3, 1]
+    with pytest.raises(UserError, match="no batches"):
+        list(tester.cycle_batches([], 2))
+
+
+def test_recalibration_is_a_cumulative_average_over_the_path():
+    torch.manual_seed(0)
+    model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10).eval()
+    batches = [(torch.randn(8, 3, 32, 32) * (i + 1), torch.zeros(8, dtype=torch.long)) for i in range(3)]
+    tester.recalibrate_bn(model, ARCH, batches, 5)  # 3 batches, then the first two again
+    used = [batches[i % 3][0] for i in range(5)]
+    with torch.no_grad():
+        conv_means = [model.first_conv[0](x).mean(dim=(0, 2, 3)) for x in used]
+    bn = model.first_conv[1]
+    assert not model.training
+    assert bn.momentum is None and int(bn.num_batches_tracked) == 5
+    torch.testing.assert_close(bn.running_mean, torch.stack(conv_means).mean(0), rtol=1e-4, atol=1e-5)
+    unused_bn = model.features[0][(ARCH[0] + 1) % 4].branch_main[1]  # a block off the path: reset, untouched
+    assert torch.all(unused_bn.running_mean == 0) and torch.all(unused_bn.running_var == 1)
+    assert int(unused_bn.num_batches_tracked) == 0
+
+
+def test_evaluate_candidate_leaves_the_checkpoint_statistics():
+    torch.manual_seed(0)
+    model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10).eval()
+    for bn in tester.batch_norms(model):
+        bn.running_mean.uniform_(-1, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
+    val = [(torch.randn(5, 3, 32, 32), torch.randint(0, 10, (5,)))]
+    seen = []
+    result = tester.evaluate_candidate(model, ARCH, train, val, 2, on_before_recalibration=seen.append)
+    assert seen == [result["accuracy_before_recalibration"]]
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["images"] == 5
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    assert all(bn.momentum == 0.1 for bn in tester.batch_norms(model))
+
+
+def test_trial_reports_both_accuracies_to_nni(digits_dir, digits_checkpoint, monkeypatch):
+    import nni
+
+    reported = {"intermediate": [], "final": []}
+    parameters = {f"LayerChoice{i + 1}": {"_value": str(c), "_idx": c} for i, c in enumerate(ARCH)}
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: parameters)
+    monkeypatch.setattr(nni, "report_intermediate_result", reported["intermediate"].append)
+    monkeypatch.setattr(nni, "report_final_result", reported["final"].append)
+    result = tester.main(digits_args(digits_dir, digits_checkpoint))
+    (final,) = reported["final"]
+    assert final == {"default": result["accuracy"], "before_recalibration": result["accuracy_before_recalibration"]}
+    assert reported["intermediate"] == [result["accuracy_before_recalibration"], result["accuracy"]]
+    assert all(0.0 <= v <= 1.0 for v in reported["intermediate"])
+    assert result["images"] == 300
+
+
+def test_trial_without_a_candidate_says_how_to_run_it(digits_dir, digits_checkpoint, monkeypatch):
+    import nni
+
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: {})
+    with pytest.raises(UserError, match="nnictl create"):
+        tester.main(digits_args(digits_dir, digits_checkpoint))
+
+
+def test_fixed_arc_runs_standalone_and_prints_the_result(digits_dir, digits_checkpoint, tmp_path):
+    arch_file = tmp_path / "arch.json"
+    write_architecture(str(arch_file), ARCH)
+    done = subprocess.run([sys.executable, "tester.py", *digits_args(digits_dir, os.path.dirname(digits_checkpoint)),
+                           "--fixed-arc", str(arch_file)], cwd=REPO, env=venv_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tuple(result["architecture"]) == ARCH
+    assert result["checkpoint"] == digits_checkpoint  # the folder's newest epoch
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["accuracy_before_recalibration"] <= 1.0
+    assert set(result["seconds"]) >= {"start_up", "data", "checkpoint_load", "recalibration", "evaluation_after"}
+    assert "timing (s): start-up" in done.stderr
+
+
+def test_wrong_checkpoint_is_one_clear_line(digits_dir, tmp_path):
+    arch_file = tmp_path / "arch.json"
+    write_architecture(str(arch_file), ARCH)
+    done = subprocess.run([sys.executable, "tester.py", *digits_args(digits_dir, str(tmp_path / "nope.pth.tar")),
+                           "--fixed-arc", str(arch_file)], cwd=REPO, env=venv_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert "nope.pth.tar: checkpoint not found" in done.stderr
+    assert "Traceback" not in done.stderr
