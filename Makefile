@@ -19,6 +19,9 @@ data: data/digits/val
 data/digits/val: data/make_digits.py | $(STAMP)
 	$(BIN)/python data/make_digits.py
 
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python demo.py
+
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 

@@ -21,8 +21,10 @@ logger = logging.getLogger("spos")
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-# JPEG, PNG, GIF, BMP, TIFF (both byte orders), WebP
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+# the formats both DALI and torchvision.io decode: JPEG, PNG, WebP (a RIFF file of type WEBP)
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
+# formats one of them cannot decode (DALI: GIF; torchvision.io: BMP, TIFF)
+_UNSUPPORTED_SIGNATURES = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 PREPROCESSING_FILE = "preprocessing.json"
 # color_jitter 0.4: brightness, contrast and saturation factors uniform in [0.6, 1.4]
 DEFAULT_AUGMENTATION = {"min_crop_area": 0.08, "mirror": True, "color_jitter": 0.4}
@@ -72,8 +74,11 @@ def _image_problem(path):
     try:
         with open(path, "rb") as f:
             head = f.read(12)
+            for signature, name in _UNSUPPORTED_SIGNATURES.items():
+                if head.startswith(signature):
+                    return f"{name} images are not supported (convert it to JPEG or PNG)"
             if not head.startswith(_IMAGE_SIGNATURES) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
-                return "not an image file"
+                return "not an image file (JPEG, PNG or WebP)"
             size = os.fstat(f.fileno()).st_size
             if head.startswith(b"\xff\xd8"):
                 return _jpeg_problem(f, size)
@@ -201,6 +206,11 @@ class ImageFolderLoader:
             return self.num_images // self.batch_size
         return math.ceil(self.num_images / self.batch_size)
 
+    def set_epoch(self, epoch):
+        """Where a resumed run continues: the torchvision backend's shuffle of that epoch (DALI's reader
+        keeps its own sequence of shuffles, restarted by a resume)."""
+        self._epoch = epoch
+
     def __iter__(self):
         if self.backend == "dali":
             yield from self._iter_dali()
@@ -268,7 +278,8 @@ class ImageFolderLoader:
             except StopIteration:
                 return
             except RuntimeError as e:
-                raise UserError(f"{self.split_dir}: DALI failed to read an image ({_first_line(e)})") from None
+                raise UserError(f"{self.split_dir}: DALI failed to decode an image ({_dali_reason(e)}); run with "
+                                f"--loader torch to have unreadable images named and skipped") from None
             images, labels = batch[0]["data"], batch[0]["label"]
             yield images.to(self.device, non_blocking=True), labels.reshape(-1).long().to(self.device)
 
@@ -352,6 +363,15 @@ def _collate_skipping_unreadable(samples):
 def _seed_worker(worker_id):
     seed = torch.initial_seed() % 2 ** 32
     random.seed(seed)
+
+
+def _dali_reason(error):
+    """The line of a DALI pipeline error that says what went wrong (it starts with generic lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:
+        return lines[lines.index("encountered:") + 1]
+    useful = [line for line in lines if not line.startswith(("Critical error", "Current pipeline object"))]
+    return useful[-1] if useful else _first_line(error)
 
 
 def _first_line(error):

@@ -73,8 +73,6 @@ def main(argv=None):
         return evaluate_checkpoint(args, architecture)
 
     setup_logging(os.path.join(args.output_dir, "scratch.log"))
-    save_args(args, args.output_dir)
-    write_architecture(os.path.join(args.output_dir, "architecture.json"), architecture)
     set_seed(args.seed)
     device = get_device(args.device)
 
@@ -103,6 +101,9 @@ def main(argv=None):
         logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
         if start_epoch >= args.epochs:
             logger.info("nothing left to train")
+    # only now: a refused resume leaves the run it was pointed at as it was
+    save_args(args, args.output_dir)
+    write_architecture(os.path.join(args.output_dir, "architecture.json"), architecture)
 
     from torch.utils.tensorboard import SummaryWriter
 

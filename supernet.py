@@ -14,8 +14,8 @@ from torch import nn
 from dataloader import ImageFolderLoader
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights
 from utils import (UserError, atomic_save, evaluate, get_device, get_rng_state, load_training_state, logger,
-                   make_lr_scheduler, make_optimizer, run_main, save_args, scaled_learning_rate, set_rng_state, set_seed, setup_logging,
-                   train_one_epoch)
+                   make_lr_scheduler, make_optimizer, run_main, save_args, scaled_learning_rate, set_rng_state, set_seed,
+                   setup_logging, train_one_epoch)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 STATE_FILE = "training_state.pth.tar"
@@ -54,6 +54,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Train; returns each epoch's train and val statistics (of this run, after any resumed epochs)."""
     args = parse_args(argv)
     setup_logging(os.path.join(args.output_dir, "supernet.log"))
     if args.batch_size < 1 or args.epochs < 1:
@@ -97,10 +98,12 @@ def main(argv=None):
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], path=path_rng)
         start_epoch = state["epoch"]
+        train_loader.set_epoch(start_epoch)
         logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
         if start_epoch >= args.epochs:
             logger.info("nothing left to train")
 
+    history = []
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         train_stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, args.epochs,
@@ -117,13 +120,17 @@ def main(argv=None):
                     "val on random paths loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
                     epoch + 1, args.epochs, time.perf_counter() - started, train_stats["loss"], train_stats["top1"],
                     train_stats["images_per_s"], val_stats["loss"], val_stats["top1"], val_stats["top5"], epoch + 1)
+        history.append({"epoch": epoch + 1, "train": train_stats, "val": val_stats})
+    return history
 
 
 def load_weights_from_state(model, state, path):
     try:
         model.load_state_dict(state["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{path}: the saved supernet does not fit this run ({str(e).splitlines()[0]}); "
+    except RuntimeError as e:  # its first line only names the class; the next says what differs
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise UserError(f"{path}: the saved supernet does not fit this run ({detail[:200]}); "
                         f"use the same --input-size and dataset") from None
 
 

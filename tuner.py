@@ -270,6 +270,10 @@ class EvolutionWithFlops(Tuner):
         table = os.path.join(self.checkpoint_dir, TABLE_FILE)
         if os.path.exists(table):
             moved = f"{self.checkpoint_dir}-{time.strftime('%Y%m%d-%H%M%S')}"
+            suffix = 1
+            while os.path.exists(moved):
+                suffix += 1
+                moved = f"{self.checkpoint_dir}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
             os.rename(self.checkpoint_dir, moved)
             logger.warning("moved the results of an earlier search to %s", moved)
         os.makedirs(self.checkpoint_dir, exist_ok=True)

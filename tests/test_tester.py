@@ -18,8 +18,22 @@ ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
 
 
 def venv_env():
-    """The environment of a user who activated the venv: its bin/ first on PATH (nnictl, python)."""
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    """The environment of a user who activated the venv: its bin/ first on PATH (nnictl, python); one thread
+    per process, as the CPU search config runs its trials."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny batches on a shared 2-core machine: one thread, denormals flushed (as tester.main does)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    flushed = torch.set_flush_denormal(True)
+    yield
+    torch.set_num_threads(threads)
+    if flushed:
+        torch.set_flush_denormal(False)
 
 
 @pytest.fixture(scope="module")

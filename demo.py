@@ -1,0 +1,233 @@
+"""The three SPOS steps end to end on the embedded digits dataset, as a new user would run them.
+
+  python demo.py          (what `make demo` runs after installing)
+
+1. data/digits (written once), 2. supernet.py, 3. `nnictl ss_gen` and a real `nnictl create` evolution
+search with config_search_cpu.yml, waited for and stopped, 4. scratch.py on the best architecture found,
+5. the search plot and a summary. Everything goes to demo_output/ (replaced on each run); the experiment
+is stopped and child processes ended also when a step fails or on Ctrl-C.
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import yaml
+
+from utils import UserError, load_architecture
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(ROOT, "data", "digits")
+OUT = os.path.join(ROOT, "demo_output")
+SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
+FINISHED = ("DONE", "TUNER_NO_MORE_TRIAL", "STOPPED", "ERROR")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--supernet-epochs", type=int, default=3)
+    parser.add_argument("--scratch-epochs", type=int, default=10)
+    parser.add_argument("--port", type=int, default=0, help="NNI web UI port (default: a free one)")
+    parser.add_argument("--search-timeout", type=int, default=900, help="seconds to wait for the search")
+    return parser.parse_args(argv)
+
+
+class Demo:
+    def __init__(self, args):
+        self.args = args
+        self.child = None
+        self.experiment_id = None
+        self.timings = {}
+        self.env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+                        PYTHONUNBUFFERED="1")
+
+    def run(self, name, command, log_name):
+        """Run one step as a child process, its output teed to demo_output/logs/<log_name>."""
+        log_path = os.path.join(OUT, "logs", log_name)
+        print(f"\n=== {name}\n$ {' '.join(command)}\n  (log: {os.path.relpath(log_path, ROOT)})", flush=True)
+        started = time.perf_counter()
+        with open(log_path, "w") as log:
+            self.child = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            for line in self.child.stdout:
+                log.write(line)
+                if " Step [" not in line:
+                    print("  " + line, end="", flush=True)
+            code = self.child.wait()
+        self.child = None
+        self.timings[name] = time.perf_counter() - started
+        if code != 0:
+            raise UserError(f"{name} failed (exit {code}); see {log_path}")
+        with open(log_path) as f:
+            return f.read()
+
+    def stop_child(self):
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)  # the step's own process group, started above
+            try:
+                self.child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.child.pid, signal.SIGKILL)
+
+    def stop_experiment(self):
+        if self.experiment_id:
+            subprocess.run(["nnictl", "stop", self.experiment_id], cwd=ROOT, env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+            print(f"stopped NNI experiment {self.experiment_id}", flush=True)
+            self.experiment_id = None
+
+    def main(self):
+        args = self.args
+        if os.path.exists(OUT):
+            shutil.rmtree(OUT)
+        os.makedirs(os.path.join(OUT, "logs"))
+        started = time.perf_counter()
+
+        if not os.path.isdir(os.path.join(DATA, "val")):
+            self.run("data", [sys.executable, "data/make_digits.py"], "data.log")
+        else:
+            print(f"=== data: reusing {os.path.relpath(DATA, ROOT)}", flush=True)
+
+        supernet_dir = os.path.join(OUT, "supernet")
+        log = self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--input-size", "32",
+                                    "--batch-size", "64", "--epochs", str(args.supernet_epochs),
+                                    "--output-dir", supernet_dir], "supernet.log")
+        supernet_top1 = float(re.findall(r"val on random paths loss \S+ top1 (\S+)", log)[-1])
+
+        self.run("ss_gen", ["nnictl", "ss_gen", "-t", "python tester.py"], "ss_gen.log")
+        search_dir = self.search(supernet_dir)
+
+        table = os.path.join(search_dir, "candidates.csv")
+        best_file = os.path.join(search_dir, "architecture_final.json")
+        best = best_row(table)
+        self.run("plot", [sys.executable, "plot_search.py", table, "-o", os.path.join(OUT, "search.png")],
+                 "plot.log")
+
+        log = self.run("scratch", [sys.executable, "scratch.py", "--fixed-arc", best_file, "--imagenet-dir", DATA,
+                                   "--input-size", "32", "--batch-size", "64", "--epochs", str(args.scratch_epochs),
+                                   "--output-dir", os.path.join(OUT, "scratch"),
+                                   "--tb-dir", os.path.join(OUT, "runs")], "scratch.log")
+        scratch_top1 = float(re.findall(r"last \(epoch \d+\) top-1 ([0-9.]+)", log)[-1])
+
+        choices = load_architecture(best_file)
+        rows = [("supernet accuracy on random paths", f"{supernet_top1:.1%}"),
+                ("best architecture", " ".join(map(str, choices))),
+                ("its FLOPs at 224x224", f"{float(best['flops']) / 1e6:.1f}M"),
+                ("its search accuracy (after BN recalibration)", f"{float(best['accuracy']):.1%}"),
+                ("candidates evaluated", str(count_scored(table))),
+                ("its accuracy trained from scratch", f"{scratch_top1:.1%}"),
+                ("architecture file", os.path.relpath(best_file, ROOT)),
+                ("search plot", os.path.relpath(os.path.join(OUT, "search.png"), ROOT)),
+                ("logs", os.path.relpath(os.path.join(OUT, "logs"), ROOT))]
+        rows += [(f"time: {step}", f"{seconds:.0f} s") for step, seconds in self.timings.items()]
+        rows.append(("time: total", f"{time.perf_counter() - started:.0f} s"))
+        width = max(len(k) for k, _ in rows)
+        print("\n=== summary")
+        for key, value in rows:
+            print(f"  {key:<{width}}  {value}")
+
+    def search(self, supernet_dir):
+        """nnictl create with config_search_cpu.yml pointed at this run's supernet; waits and stops."""
+        with open(SEARCH_CONFIG) as f:
+            config = yaml.safe_load(f)
+        if "--checkpoint checkpoints" not in config["trialCommand"]:
+            raise UserError(f"{SEARCH_CONFIG}: trialCommand no longer has '--checkpoint checkpoints' to redirect")
+        config["trialCommand"] = config["trialCommand"].replace(
+            "--checkpoint checkpoints", f"--checkpoint {supernet_dir}")
+        config["searchSpaceFile"] = os.path.join(ROOT, config["searchSpaceFile"])
+        config["trialCodeDirectory"] = ROOT
+        config["tuner"]["codeDirectory"] = ROOT
+        config["experimentWorkingDirectory"] = os.path.join(OUT, "nni-experiments")
+        config_path = os.path.join(OUT, "config_search_demo.yml")
+        with open(config_path, "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+
+        port = self.args.port or free_port()
+        name = "search"
+        print(f"\n=== {name}\n$ nnictl create --config {os.path.relpath(config_path, ROOT)} --port {port}\n"
+              f"  NNI's web UI listens on every interface at port {port} while the search runs", flush=True)
+        started = time.perf_counter()
+        created = subprocess.run(["nnictl", "create", "--config", config_path, "--port", str(port)], cwd=ROOT,
+                                 env=self.env, capture_output=True, text=True, timeout=300)
+        with open(os.path.join(OUT, "logs", "nnictl_create.log"), "w") as f:
+            f.write(created.stdout + created.stderr)
+        found = re.search(r"id(?: is)?:?\s+([a-z0-9]{8})", created.stdout + created.stderr)
+        if created.returncode != 0 or not found:
+            raise UserError(f"nnictl create failed; see {os.path.join(OUT, 'logs', 'nnictl_create.log')}")
+        self.experiment_id = found.group(1)
+        search_dir = os.path.join(OUT, "nni-experiments", self.experiment_id, "log", "checkpoints")
+        table = os.path.join(search_dir, "candidates.csv")
+        status, last_count = None, -1
+        deadline = time.monotonic() + self.args.search_timeout
+        while time.monotonic() < deadline:
+            status = experiment_status(port)
+            count = count_scored(table) if os.path.exists(table) else 0
+            if count != last_count:
+                print(f"  {count} candidates scored (status {status})", flush=True)
+                last_count = count
+            if status in FINISHED:
+                break
+            time.sleep(3)
+        self.timings[name] = time.perf_counter() - started
+        self.stop_experiment()
+        if status not in ("DONE", "TUNER_NO_MORE_TRIAL"):
+            raise UserError(f"the search ended with status {status}; see {os.path.dirname(search_dir)}")
+        return search_dir
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def experiment_status(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/check-status", timeout=10) as response:
+            return json.load(response).get("status")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def scored_rows(table):
+    with open(table) as f:
+        return [row for row in csv.DictReader(f) if row.get("accuracy")]
+
+
+def count_scored(table):
+    return len(scored_rows(table))
+
+
+def best_row(table):
+    rows = scored_rows(table)
+    if not rows:
+        raise UserError(f"{table}: the search scored no candidate")
+    return max(rows, key=lambda row: float(row["accuracy"]))
+
+
+def main():
+    demo = Demo(parse_args())
+    try:
+        demo.main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        demo.stop_child()
+        demo.stop_experiment()
+
+
+if __name__ == "__main__":
+    main()

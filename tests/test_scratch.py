@@ -1,0 +1,252 @@
+"""Step 3, scratch.py: every architecture format a user has, every bad file refused before any work, the
+net's size, and real runs on the digits data (training, TensorBoard, resume after SIGKILL, --evaluate)."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from network import ShuffleNetV2OneShot, load_and_parse_state_dict
+from utils import UserError, load_architecture, load_training_state
+
+SCRATCH = os.path.join(REPO, "scratch.py")
+FINAL = os.path.join(REPO, "architecture_final.json")
+FINAL_CHOICES = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)  # SPEC §5
+KEYS = [f"LayerChoice{i + 1}" for i in range(20)]
+# what the digits runs share: 32x32 input, lr 0.5 * 64 / 1024 as the done-when command trains
+DIGITS_ARGS = ["--input-size", "32", "--batch-size", "64", "--workers", "2", "--log-frequency", "5"]
+
+
+def scratch(*args, timeout=300):
+    return subprocess.run([sys.executable, SCRATCH, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def write(path, content):
+    with open(path, "w") as f:
+        f.write(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+# accepted formats
+
+def one_hot(choices):
+    return {k: [c == i for i in range(4)] for k, c in zip(KEYS, choices)}
+
+
+ACCEPTED = {
+    "nni1_one_hot": one_hot(FINAL_CHOICES),
+    "nni2_strings": {k: str(c) for k, c in zip(KEYS, FINAL_CHOICES)},
+    "tuner_value_idx": {k: {"_value": str(c), "_idx": c} for k, c in zip(KEYS, FINAL_CHOICES)},
+    "list_of_ints": list(FINAL_CHOICES),
+}
+
+
+def test_architecture_final_json_is_megvii_architecture():
+    assert load_architecture(FINAL) == FINAL_CHOICES
+    with open(FINAL) as f:
+        assert json.load(f) == one_hot(FINAL_CHOICES)  # the NNI 1.x format, as released
+
+
+@pytest.mark.parametrize("kind", sorted(ACCEPTED))
+def test_each_format_parses_to_the_same_choices(tmp_path, kind):
+    assert load_architecture(write(tmp_path / f"{kind}.json", ACCEPTED[kind])) == FINAL_CHOICES
+
+
+# refused files: (content or None for a missing file, fragments the one-line message must hold)
+
+def _with(key, value):
+    data = one_hot(FINAL_CHOICES)
+    data[key] = value
+    return data
+
+
+def _without(key):
+    data = one_hot(FINAL_CHOICES)
+    del data[key]
+    return data
+
+
+REFUSED = {
+    "missing_key": (_without("LayerChoice7"), ["'LayerChoice7'", "missing"]),
+    "extra_key": ({**one_hot(FINAL_CHOICES), "LayerChoice21": "0"}, ["'LayerChoice21'", "unexpected"]),
+    "index_out_of_range": (_with("LayerChoice3", "4"), ["LayerChoice3", "out of range"]),
+    "tuner_index_out_of_range": (_with("LayerChoice9", {"_value": "5", "_idx": 5}), ["LayerChoice9", "5"]),
+    "one_hot_two_true": (_with("LayerChoice1", [True, False, True, False]), ["LayerChoice1", "exactly one"]),
+    "non_number": (_with("LayerChoice5", "three"), ["LayerChoice5", "'three'"]),
+    "wrong_length": (list(FINAL_CHOICES[:19]), ["20", "19"]),
+    "empty_file": ("", ["empty"]),
+    "not_json": ("LayerChoice1: 2\n", ["not valid JSON"]),
+    "missing_file": (None, ["cannot read"]),
+}
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """scratch.py on every bad file, all started at once: {kind: (path, output dir, completed process)}."""
+    root = tmp_path_factory.mktemp("refused")
+    running = {}
+    for kind, (content, _) in REFUSED.items():
+        path = str(root / f"{kind}.json")
+        if content is not None:
+            write(path, content)
+        output_dir = str(root / f"out_{kind}")
+        # a dataset that does not exist: reaching the data would fail with another message
+        command = [sys.executable, SCRATCH, "--architecture", path, "--imagenet-dir", str(root / "no_data"),
+                   "--output-dir", output_dir, "--tb-dir", str(root / f"runs_{kind}")]
+        running[kind] = (path, output_dir, subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                                                            stderr=subprocess.PIPE, text=True))
+    results = {}
+    for kind, (path, output_dir, process) in running.items():
+        stdout, stderr = process.communicate(timeout=120)
+        results[kind] = (path, output_dir, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_bad_architecture_file_is_refused_before_any_work(refusals, kind):
+    path, output_dir, result = refusals[kind]
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one message, no traceback
+    assert path in lines[0]
+    for fragment in REFUSED[kind][1]:
+        assert fragment in lines[0]
+    assert "no_data" not in lines[0]  # refused before looking at the data
+    assert not os.path.exists(output_dir)  # nor wrote anything
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_bad_architecture_raises_user_error_in_process(tmp_path, kind):
+    content = REFUSED[kind][0]
+    path = str(tmp_path / "arch.json") if content is None else write(tmp_path / "arch.json", content)
+    with pytest.raises(UserError, match=re.escape(path)):
+        load_architecture(path)
+
+
+# the net
+
+def test_final_architecture_size_matches_the_paper():
+    from scratch import architecture_flops, count_parameters
+
+    model = ShuffleNetV2OneShot(architecture=load_architecture(FINAL), affine=True)
+    assert round(count_parameters(model) / 1e6, 2) == 3.56  # SPEC §5: 3.5M (Megvii), 3.56M counted
+    assert all(m.weight is not None for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert len(model.features) == 20 and not model.is_supernet  # only the chosen block of each layer
+    flops, _ = architecture_flops(FINAL_CHOICES, 224, 1000)
+    assert round(flops / 1e6) == 323  # SPEC §2
+
+
+# real runs on digits
+
+def epoch_lines(stderr):
+    """{epoch: (val top-1, val top-5)} from the 'Epoch [e/n] done' lines."""
+    found = re.findall(r"Epoch \[(\d+)/\d+\] done .* val loss [\d.]+ top1 ([\d.]+) top5 ([\d.]+)", stderr)
+    return {int(e): (float(t1), float(t5)) for e, t1, t5 in found}
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_dir, tmp_path_factory):
+    """The issue's done-when run: 3 epochs at 32x32, batch 64."""
+    root = tmp_path_factory.mktemp("scratch_run")
+    output_dir, tb_dir = str(root / "out"), str(root / "runs")
+    result = scratch("--imagenet-dir", digits_dir, "--epochs", "3", "--output-dir", output_dir, "--tb-dir", tb_dir,
+                     *DIGITS_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, tb_dir, result.stderr
+
+
+def test_digits_run_reaches_high_accuracy(digits_run):
+    output_dir, _, stderr = digits_run
+    assert "architecture " in stderr and "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3" in stderr
+    assert re.search(r"FLOPs [\d.]+M at 32x32 and 10 classes \(322\.9M at 224x224 and 1000 classes", stderr)
+    assert re.search(r"parameters [\d.]+M with 10 classes \(3\.56M with 1000\)", stderr)
+    epochs = epoch_lines(stderr)
+    assert sorted(epochs) == [1, 2, 3]
+    assert epochs[3][0] >= 0.8, stderr[-2000:]
+    assert re.search(r"best val top-1 [\d.]+ top-5 [\d.]+ \(epoch \d\); last \(epoch 3\) top-1 "
+                     + re.escape(f"{epochs[3][0]:.4f}"), stderr)
+    for e in (1, 2, 3):
+        state_dict = load_and_parse_state_dict(os.path.join(output_dir, f"epoch_{e}.pth.tar"))
+        assert any(k.startswith("features.19.") for k in state_dict)
+    assert load_training_state(os.path.join(output_dir, "training_state.pth.tar"))["epoch"] == 3
+    assert load_architecture(os.path.join(output_dir, "architecture.json")) == FINAL_CHOICES
+
+
+def test_tensorboard_has_nni_scalars(digits_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, tb_dir, _ = digits_run
+    events = EventAccumulator(tb_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags == {"lr", "loss/train", "acc1/train", "acc5/train", "loss/test", "acc1/test", "acc5/test"}
+    steps_per_epoch = 1497 // 64
+    assert [e.step for e in events.Scalars("loss/train")] == list(range(3 * steps_per_epoch))
+    assert [e.step for e in events.Scalars("acc1/test")] == [0, 1, 2]
+    lrs = [e.value for e in events.Scalars("lr")]
+    assert lrs[0] == pytest.approx(0.5 * 64 / 1024) and all(a > b for a, b in zip(lrs, lrs[1:]))  # linear decay
+
+
+def test_evaluate_prints_the_accuracy_of_a_saved_checkpoint(digits_run, digits_dir, tmp_path):
+    output_dir, _, stderr = digits_run
+    # the same net from another format of the same architecture
+    architecture = write(tmp_path / "as_list.json", list(FINAL_CHOICES))
+    checkpoint = os.path.join(output_dir, "epoch_3.pth.tar")
+    result = scratch("--evaluate", checkpoint, "--architecture", architecture, "--imagenet-dir", digits_dir,
+                     "--output-dir", str(tmp_path / "unused"), *DIGITS_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"top-1 ([\d.]+)\s+top-5 ([\d.]+)", result.stdout)
+    assert match and checkpoint in result.stdout and "300 val images" in result.stdout, result.stdout
+    assert float(match.group(1)) == pytest.approx(epoch_lines(stderr)[3][0], abs=1e-4)
+    assert not os.path.exists(tmp_path / "unused")  # evaluating writes nothing
+
+
+def test_evaluate_refuses_weights_of_another_architecture(digits_run, digits_dir, tmp_path):
+    output_dir, _, _ = digits_run
+    other = write(tmp_path / "other.json", [3] * 20)
+    result = scratch("--evaluate", os.path.join(output_dir, "epoch_3.pth.tar"), "--architecture", other,
+                     "--imagenet-dir", digits_dir, *DIGITS_ARGS)
+    assert result.returncode == 2 and "does not fit this network" in result.stderr, result.stderr[-2000:]
+
+
+def test_resume_after_sigkill_continues_from_the_last_saved_epoch(digits_dir, tmp_path):
+    output_dir, tb_dir = str(tmp_path / "out"), str(tmp_path / "runs")
+    args = ["--imagenet-dir", digits_dir, "--epochs", "2", "--output-dir", output_dir, "--tb-dir", tb_dir,
+            *DIGITS_ARGS]
+    state_path = os.path.join(output_dir, "training_state.pth.tar")
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, SCRATCH, *args], cwd=REPO, stdout=log, stderr=log)
+        deadline = time.monotonic() + 240
+        while not os.path.exists(state_path) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)  # mid-way through epoch 2
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, log_path.read_text()[-2000:]
+    saved = load_training_state(state_path)["epoch"]
+    assert saved == 1, log_path.read_text()[-2000:]
+
+    result = scratch(*args, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {state_path}: 1 of 2 epochs done" in result.stderr
+    assert sorted(epoch_lines(result.stderr)) == [2]  # epoch 1 is not trained again
+    assert "Epoch [1/2]" not in result.stderr
+    assert load_training_state(state_path)["epoch"] == 2
+    assert re.search(r"best val top-1 [\d.]+ top-5 [\d.]+ \(epoch [12]\); last \(epoch 2\)", result.stderr)
+
+
+def test_resume_refuses_another_architecture(digits_run, digits_dir, tmp_path):
+    output_dir, _, _ = digits_run
+    other = write(tmp_path / "other.json", [3] * 20)
+    result = scratch("--resume", "--architecture", other, "--imagenet-dir", digits_dir, "--epochs", "4",
+                     "--output-dir", output_dir, "--tb-dir", str(tmp_path / "runs"), *DIGITS_ARGS)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "training_state.pth.tar: was written for architecture" in result.stderr
