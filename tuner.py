@@ -175,8 +175,9 @@ class EvolutionWithFlops(Tuner):
     def parse_search_space(self, search_space):
         """Allowed block indices of each layer from ss_gen's space (a layer's "_value" may be narrowed)."""
         if not isinstance(search_space, dict) or sorted(search_space) != sorted(self.keys):
+            found = sorted(search_space)[:3] if isinstance(search_space, dict) else type(search_space).__name__
             raise ValueError(f"the search space must have exactly the keys LayerChoice1..LayerChoice{NUM_LAYERS} "
-                             f"(write it with: nnictl ss_gen -t \"python tester.py\"), got {sorted(search_space)[:3]}...")
+                             f"(write it with: nnictl ss_gen -t \"python tester.py\"), got {found}")
         choices = []
         for key in self.keys:
             spec = search_space[key]
@@ -328,10 +329,9 @@ class EvolutionWithFlops(Tuner):
 
     def _write_row(self, candidate, record, trial_job_id):
         with open(os.path.join(self.checkpoint_dir, TABLE_FILE), "a", newline="") as f:
-            csv.writer(f).writerow([record["round"], record["parameter_id"], record["origin"],
-                                    format_choices(candidate), record["flops"], _number(record["accuracy_before_recalibration"]),
-                                    _number(record["accuracy"]),
-                                    record["status"], trial_job_id])
+            csv.writer(f).writerow([record["round"], record["parameter_id"], record["origin"], format_choices(candidate),
+                                    record["flops"], _number(record["accuracy_before_recalibration"]),
+                                    _number(record["accuracy"]), record["status"], trial_job_id])
 
     def _end_round(self):
         members = [c for c, r in self.history.items() if r["round"] == self.round]

@@ -1,7 +1,6 @@
 """supernet.py (step 1) on the real digits: checkpoints, learning, kill and --resume, update rules, bad input."""
 import math
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -13,11 +12,20 @@ from torch import nn
 
 import supernet
 from dataloader import ImageFolderLoader
-from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights
+from network import ShuffleNetV2OneShot, load_weights
 from utils import make_lr_scheduler, make_optimizer, train_one_epoch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_TABLE = "/nonexistent/op_flops_dict.pkl"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """OpenMP threads spin while they wait: on 2 shared cores two threads ran 10x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +66,19 @@ def test_one_epoch_writes_weights_state_and_arguments(small_digits, tmp_path):
 
 
 def test_the_training_machinery_learns_digits(digits_dir):
-    """The supernet's own loader, optimizer, schedule and loop, on one path (a random path a step learns
-    far more slowly on 1,500 digits): the loss of epoch 2 is well below epoch 1 and below ln(10)."""
+    """The supernet's own loader, optimizer, scaled LR, schedule and loop, on one fixed path (a random path
+    a step learns far more slowly on 1,500 digits): epoch 2's train loss is well below epoch 1's and below
+    ln(10), the loss of guessing (measured: 2.36, then 1.74)."""
     torch.manual_seed(0)
-    loader = ImageFolderLoader(digits_dir, "train", train=True, batch_size=64, input_size=32, workers=1)
+    loader = ImageFolderLoader(digits_dir, "train", train=True, batch_size=32, input_size=32, workers=1)
     model = ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE)
-    optimizer = make_optimizer(model, 0.5 * 64 / 1024, 0.9, 4e-5)
+    optimizer = make_optimizer(model, 0.5 * 32 / 1024, 0.9, 4e-5)
     scheduler = make_lr_scheduler(optimizer, 2 * len(loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    path = FlopsBinnedSampler(model, random.Random(0))()
+    path = (0,) * 20
     losses = [train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, 2, 10, lambda: path)["loss"]
               for epoch in range(2)]
-    assert losses[1] < losses[0] - 0.3 and losses[1] < math.log(10) - 0.3, losses
+    assert losses[1] < losses[0] - 0.3 and losses[1] < math.log(10) - 0.4, losses
 
 
 def test_unsampled_blocks_are_not_touched_by_momentum_or_weight_decay():
