@@ -183,7 +183,9 @@ class ImageFolderLoader:
         self.spos_preprocessing, self.workers, self.seed = spos_preprocessing, max(1, workers), seed
         self.device = torch.device(device)
         self.shard_id, self.num_shards = shard_id, num_shards
-        self.num_images = len(shard_indices(len(self.files), shard_id, num_shards))
+        # train shards must be equal, or processes would take different numbers of steps and wait forever
+        self._used_files = len(self.files) - (len(self.files) % num_shards if train else 0)
+        self.num_images = len(shard_indices(self._used_files, shard_id, num_shards))
         if train and self.num_images < batch_size:
             raise UserError(f"{self.split_dir}: {self.num_images} images per process, fewer than one batch "
                             f"of {batch_size}; lower --batch-size")
@@ -229,6 +231,7 @@ class ImageFolderLoader:
         if self.train:  # the reader only reshuffles after the first epoch, and files come sorted by class
             order = list(range(len(files)))
             random.Random(self.seed).shuffle(order)
+            order = order[:self._used_files]
             files, labels = [files[i] for i in order], [labels[i] for i in order]
         interp = types.INTERP_LINEAR if self.spos_preprocessing else types.INTERP_TRIANGULAR
         antialias = not self.spos_preprocessing
@@ -308,6 +311,7 @@ class ImageFolderLoader:
         indices = list(range(len(self.files)))
         if self.train:  # a fresh global permutation each epoch, then this process's share of it
             random.Random(self.seed + self._epoch).shuffle(indices)
+        indices = indices[:self._used_files]
         indices = [indices[i] for i in shard_indices(len(indices), self.shard_id, self.num_shards)]
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.shard_id * 100 + self._epoch)
         loader = torch.utils.data.DataLoader(

@@ -92,15 +92,6 @@ def shared_draw(sample_architecture, context):
     return draw
 
 
-def sum_over_processes(values, context):
-    """Element-wise sums of a list of numbers across processes (the same list on one process)."""
-    if not context.enabled:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=_comm_device(context))
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
 def barrier(context):
     if context.enabled:
         dist.barrier()

@@ -13,14 +13,14 @@ import argparse  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, atomic_save, evaluate, get_device, get_rng_state, load_training_state,  # noqa: E402
-                   logger, make_lr_scheduler, make_optimizer, run_main, save_args, scaled_learning_rate, set_rng_state,
-                   set_seed, setup_logging, train_one_epoch)
+from utils import (UserError, evaluate, get_device, logger, make_lr_scheduler, make_optimizer,  # noqa: E402
+                   resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed, setup_logging,
+                   train_one_epoch)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 STATE_FILE = "training_state.pth.tar"
@@ -61,22 +61,32 @@ def parse_args(argv=None):
 def main(argv=None):
     """Train; returns each epoch's train and val statistics (of this run, after any resumed epochs)."""
     args = parse_args(argv)
-    setup_logging(os.path.join(args.output_dir, "supernet.log"))
+    context = distributed.init(get_device(args.device))
+    setup_logging(os.path.join(args.output_dir, "supernet.log"), quiet=not context.is_main)
+    try:
+        return train(args, context)
+    finally:
+        distributed.shutdown(context)
+
+
+def train(args, context):
     if args.batch_size < 1 or args.epochs < 1:
         raise UserError(f"--batch-size and --epochs must be positive, got {args.batch_size} and {args.epochs}")
-    save_args(args, args.output_dir)
+    batch_size = distributed.per_process_batch_size(args.batch_size, context)
+    if context.is_main:
+        save_args(args, args.output_dir)
     set_seed(args.seed)
-    device = get_device(args.device)
+    device = context.device
 
-    train_loader = ImageFolderLoader(args.imagenet_dir, "train", train=True, batch_size=args.batch_size,
-                                     input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
-                                     workers=args.workers, backend=args.loader, device=device, seed=args.seed)
-    val_loader = ImageFolderLoader(args.imagenet_dir, "val", train=False, batch_size=args.batch_size,
-                                   input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
-                                   workers=args.workers, backend=args.loader, device=device, seed=args.seed,
-                                   classes=train_loader.classes)
-    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch", train_loader.num_images,
-                val_loader.num_images, train_loader.num_classes, train_loader.backend, len(train_loader))
+    loader_args = dict(input_size=args.input_size, spos_preprocessing=args.spos_preprocessing, workers=args.workers,
+                       backend=args.loader, device=device, seed=args.seed, shard_id=context.rank,
+                       num_shards=context.world_size)
+    train_loader = ImageFolderLoader(args.imagenet_dir, "train", train=True, batch_size=batch_size, **loader_args)
+    val_loader = ImageFolderLoader(args.imagenet_dir, "val", train=False, batch_size=batch_size,
+                                   classes=train_loader.classes, **loader_args)
+    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch; %d process(es) on %s, "
+                "%d images each a step", len(train_loader.files), len(val_loader.files), train_loader.num_classes,
+                train_loader.backend, len(train_loader), context.world_size, device.type, batch_size)
 
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=False)
     if args.load_checkpoint:
@@ -87,22 +97,18 @@ def main(argv=None):
     model.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     learning_rate = scaled_learning_rate(args.learning_rate, args.batch_size, args.reference_batch_size)
-    logger.info("learning rate %.4g (%.4g for %d images a step, scaled to a batch of %d)", learning_rate,
+    logger.info("learning rate %.4g (%.4g for %d images a step, scaled to the global batch of %d)", learning_rate,
                 args.learning_rate, args.reference_batch_size, args.batch_size)
     optimizer = make_optimizer(model, learning_rate, args.momentum, args.weight_decay)
     scheduler = make_lr_scheduler(optimizer, args.epochs * len(train_loader), "linear")
     path_rng = random.Random(args.seed)
-    sample_architecture = FlopsBinnedSampler(model, path_rng)
+    sample_architecture = distributed.shared_draw(FlopsBinnedSampler(model, path_rng), context)
+    trained_model = distributed.wrap(model, context, supernet=True)
 
     start_epoch = 0
     state_path = os.path.join(args.output_dir, STATE_FILE)
     if args.resume:
-        state = load_training_state(state_path)
-        load_weights_from_state(model, state, state_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], path=path_rng)
-        start_epoch = state["epoch"]
+        start_epoch = resume_training(state_path, model, optimizer, scheduler, path=path_rng)["epoch"]
         train_loader.set_epoch(start_epoch)
         logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
         if start_epoch >= args.epochs:
@@ -111,32 +117,22 @@ def main(argv=None):
     history = []
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
-        train_stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, epoch, args.epochs,
-                                      args.log_frequency, sample_architecture)
+        train_stats = train_one_epoch(trained_model, train_loader, criterion, optimizer, scheduler, epoch,
+                                      args.epochs, args.log_frequency, sample_architecture)
         # the same random paths every epoch, so validation numbers compare across epochs
+        # (drawn by every process alike without talking: shards may differ by a batch)
         val_stats = evaluate(model, val_loader, criterion,
                              sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)))
-        weights = {"state_dict": model.state_dict(), "epoch": epoch + 1}
-        atomic_save(weights, os.path.join(args.output_dir, f"epoch_{epoch + 1}.pth.tar"))
-        atomic_save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                     "rng": get_rng_state(path=path_rng)}, state_path)
+        if context.is_main:
+            save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler, path=path_rng)
+        distributed.barrier(context)
         logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
-                    "val on random paths loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
+                    "val on random paths loss %.4f top1 %.4f top5 %.4f (%d images) | saved epoch_%d.pth.tar",
                     epoch + 1, args.epochs, time.perf_counter() - started, train_stats["loss"], train_stats["top1"],
-                    train_stats["images_per_s"], val_stats["loss"], val_stats["top1"], val_stats["top5"], epoch + 1)
+                    train_stats["images_per_s"], val_stats["loss"], val_stats["top1"], val_stats["top5"],
+                    val_stats["images"], epoch + 1)
         history.append({"epoch": epoch + 1, "train": train_stats, "val": val_stats})
     return history
-
-
-def load_weights_from_state(model, state, path):
-    try:
-        model.load_state_dict(state["state_dict"], strict=True)
-    except RuntimeError as e:  # its first line only names the class; the next says what differs
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise UserError(f"{path}: the saved supernet does not fit this run ({detail[:200]}); "
-                        f"use the same --input-size and dataset") from None
 
 
 if __name__ == "__main__":

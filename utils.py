@@ -218,8 +218,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, num_e
             logger.info("Epoch [%d/%d] Step [%d/%d]  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  %.0f img/s",
                         epoch + 1, num_epochs, step + 1, steps, loss_meter.avg, top1_meter.avg, top5_meter.avg,
                         lr, speed)
-    return {"loss": loss_meter.avg, "top1": top1_meter.avg, "top5": top5_meter.avg,
-            "images_per_s": images_seen / max(time.perf_counter() - start, 1e-9)}
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    loss_sum, top1_sum, top5_sum, count = _sum_over_processes(
+        [loss_meter.sum, top1_meter.sum, top5_meter.sum, loss_meter.count])
+    count = max(count, 1)
+    return {"loss": loss_sum / count, "top1": top1_sum / count, "top5": top5_sum / count,
+            "images_per_s": count / elapsed}
 
 
 @torch.no_grad()
@@ -240,7 +244,20 @@ def evaluate(model, loader, criterion, architecture=None, sample_architecture=No
         loss_meter.update(criterion(output, labels).item(), n)
         top1_meter.update(top1, n)
         top5_meter.update(top5, n)
-    return {"loss": loss_meter.avg, "top1": top1_meter.avg, "top5": top5_meter.avg, "images": loss_meter.count}
+    loss_sum, top1_sum, top5_sum, count = _sum_over_processes(
+        [loss_meter.sum, top1_meter.sum, top5_meter.sum, loss_meter.count])
+    count = max(count, 1)
+    return {"loss": loss_sum / count, "top1": top1_sum / count, "top5": top5_sum / count, "images": int(count)}
+
+
+def _sum_over_processes(values):
+    """Sums across torchrun's processes (each evaluated its own shard); the values themselves otherwise."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def architecture_keys(num_layers=20):
