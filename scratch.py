@@ -14,6 +14,7 @@ import time
 import torch
 from torch import nn
 
+import distributed
 from dataloader import ImageFolderLoader
 from network import ShuffleNetV2OneShot, load_weights
 from utils import (UserError, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,
@@ -72,14 +73,24 @@ def main(argv=None):
         setup_logging()
         return evaluate_checkpoint(args, architecture)
 
-    setup_logging(os.path.join(args.output_dir, "scratch.log"))
-    set_seed(args.seed)
-    device = get_device(args.device)
+    context = distributed.init(get_device(args.device))
+    setup_logging(os.path.join(args.output_dir, "scratch.log"), quiet=not context.is_main)
+    try:
+        train(args, architecture, context)
+    finally:
+        distributed.shutdown(context)
 
-    train_loader = make_loader(args, "train", device)
-    val_loader = make_loader(args, "val", device, classes=train_loader.classes)
-    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch", train_loader.num_images,
-                val_loader.num_images, train_loader.num_classes, train_loader.backend, len(train_loader))
+
+def train(args, architecture, context):
+    set_seed(args.seed)
+    device = context.device
+    batch_size = distributed.per_process_batch_size(args.batch_size, context)
+    train_loader = make_loader(args, "train", device, batch_size=batch_size, context=context)
+    val_loader = make_loader(args, "val", device, classes=train_loader.classes, batch_size=batch_size,
+                             context=context)
+    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch; %d process(es) on %s, "
+                "%d images each a step", len(train_loader.files), len(val_loader.files), train_loader.num_classes,
+                train_loader.backend, len(train_loader), context.world_size, device.type, batch_size)
 
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=True,
                                 architecture=architecture)
@@ -87,7 +98,8 @@ def main(argv=None):
     model.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     learning_rate = scaled_learning_rate(args.learning_rate, args.batch_size, args.reference_batch_size)
-    logger.info("learning rate %.4g (%.4g for %d images a step, scaled to a batch of %d), %s decay", learning_rate,
+    logger.info("learning rate %.4g (%.4g for %d images a step, scaled to the global batch of %d), %s decay",
+                learning_rate,
                 args.learning_rate, args.reference_batch_size, args.batch_size, args.lr_decay)
     optimizer = make_optimizer(model, learning_rate, args.momentum, args.weight_decay)
     steps = len(train_loader)
@@ -101,19 +113,22 @@ def main(argv=None):
         logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
         if start_epoch >= args.epochs:
             logger.info("nothing left to train")
+    trained_model = distributed.wrap(model, context, supernet=False)
     # only now: a refused resume leaves the run it was pointed at as it was
-    save_args(args, args.output_dir)
-    write_architecture(os.path.join(args.output_dir, "architecture.json"), architecture)
+    if context.is_main:
+        save_args(args, args.output_dir)
+        write_architecture(os.path.join(args.output_dir, "architecture.json"), architecture)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    # after a resume, hide what the interrupted run logged past its last saved epoch
-    writer = SummaryWriter(log_dir=args.tb_dir, purge_step=start_epoch * steps if start_epoch else None)
+    # after a resume, hide what the interrupted run logged past its last saved epoch; rank 0 alone writes
+    writer = (SummaryWriter(log_dir=args.tb_dir, purge_step=start_epoch * steps if start_epoch else None)
+              if context.is_main else _NoWriter())
     try:
         for epoch in range(start_epoch, args.epochs):
             started = time.perf_counter()
             train_criterion = TrainScalars(criterion, writer, optimizer, global_step=epoch * steps)
-            train_stats = train_one_epoch(model, train_loader, train_criterion, optimizer, scheduler, epoch,
+            train_stats = train_one_epoch(trained_model, train_loader, train_criterion, optimizer, scheduler, epoch,
                                           args.epochs, args.log_frequency)
             val_stats = evaluate(model, val_loader, criterion)
             writer.add_scalar("loss/test", val_stats["loss"], global_step=epoch)
@@ -121,8 +136,10 @@ def main(argv=None):
             writer.add_scalar("acc5/test", val_stats["top5"], global_step=epoch)
             writer.flush()
             history.append([val_stats["top1"], val_stats["top5"]])
-            save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler,
-                       extra={"architecture": list(architecture), "history": history})
+            if context.is_main:
+                save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler,
+                           extra={"architecture": list(architecture), "history": history})
+            distributed.barrier(context)
             logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
                         "val loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
                         epoch + 1, args.epochs, time.perf_counter() - started, train_stats["loss"],
@@ -136,11 +153,25 @@ def main(argv=None):
                     history[best][0], history[best][1], best + 1, len(history), history[-1][0], history[-1][1])
 
 
-def make_loader(args, split, device, classes=None):
-    return ImageFolderLoader(args.imagenet_dir, split, train=split == "train", batch_size=args.batch_size,
+def make_loader(args, split, device, classes=None, batch_size=None, context=None):
+    context = context or distributed.Context(device=device)
+    return ImageFolderLoader(args.imagenet_dir, split, train=split == "train", batch_size=batch_size or args.batch_size,
                              input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
                              workers=args.workers, backend=args.loader, device=device, seed=args.seed,
-                             classes=classes)
+                             classes=classes, shard_id=context.rank, num_shards=context.world_size)
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's writer on processes other than rank 0."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
 
 
 class TrainScalars:
