@@ -111,6 +111,7 @@ def train(args, architecture, context):
         state = resume_training(state_path, model, optimizer, scheduler, expect={"architecture": list(architecture)})
         start_epoch, history = state["epoch"], [list(h) for h in state.get("history", [])]
         logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
+        train_loader.set_epoch(start_epoch)  # the shuffle the interrupted run would have used next
         if start_epoch >= args.epochs:
             logger.info("nothing left to train")
     trained_model = distributed.wrap(model, context, supernet=False)

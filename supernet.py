@@ -108,7 +108,8 @@ def train(args, context):
     start_epoch = 0
     state_path = os.path.join(args.output_dir, STATE_FILE)
     if args.resume:
-        start_epoch = resume_training(state_path, model, optimizer, scheduler, path=path_rng)["epoch"]
+        # the generator is named "paths": "path" is resume_training's own first argument
+        start_epoch = resume_training(state_path, model, optimizer, scheduler, paths=path_rng)["epoch"]
         train_loader.set_epoch(start_epoch)
         logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
         if start_epoch >= args.epochs:
@@ -124,7 +125,7 @@ def train(args, context):
         val_stats = evaluate(model, val_loader, criterion,
                              sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)))
         if context.is_main:
-            save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler, path=path_rng)
+            save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler, paths=path_rng)
         distributed.barrier(context)
         logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
                     "val on random paths loss %.4f top1 %.4f top5 %.4f (%d images) | saved epoch_%d.pth.tar",

@@ -3,7 +3,7 @@
 data/digits/{train,val}/<digit>/<index>.JPEG; every 6th scan goes to val (300 images, 1,497 train).
 The 8x8 scans are upscaled 4x so JPEG's own 8x8 blocks do not blur the strokes. preprocessing.json
 narrows ImageNet's train augmentation to what a digit survives (no mirror, no colour jitter, crops of at
-least 60 % of the scan); dataloader.py reads it.
+least 80 % of the scan); dataloader.py reads it.
 """
 import argparse
 import json
@@ -17,7 +17,11 @@ from sklearn.datasets import load_digits
 
 VAL_EVERY = 6
 UPSCALE = 4
-AUGMENTATION = {"min_crop_area": 0.6, "mirror": False, "color_jitter": 0.0}
+# The digit fills its 8x8 box, so a crop cuts strokes: 60 % of the area at aspect 3/4 drops a third of the
+# width (a 4 becomes a 1). Validation sees the centre (32/36)^2 = 79 % of the scan, so crops of 80-100 %
+# span what it sees and the full scan. Over seeds 42, 1, 2, 3, scratch.py's 3-epoch run (input 32, batch
+# 64) reached 88.0/87.7/79.3/86.7 % val top-1 with 0.8 against 85.3/86.0/74.3/77.0 % with 0.6.
+AUGMENTATION = {"min_crop_area": 0.8, "mirror": False, "color_jitter": 0.0}
 
 
 def write_digits(output_dir):

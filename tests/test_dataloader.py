@@ -272,7 +272,7 @@ def test_dali_requested_but_not_installed(digits_dir, monkeypatch):
 
 def test_preprocessing_json_narrows_the_augmentation(digits_dir, tmp_path):
     assert read_augmentation(tmp_path) == {"min_crop_area": 0.08, "mirror": True, "color_jitter": 0.4}
-    assert read_augmentation(digits_dir) == {"min_crop_area": 0.6, "mirror": False, "color_jitter": 0.0}
+    assert read_augmentation(digits_dir) == {"min_crop_area": 0.8, "mirror": False, "color_jitter": 0.0}
     (tmp_path / "preprocessing.json").write_text(json.dumps({"mirror": "no"}))
     with pytest.raises(UserError, match="preprocessing.json: min_crop_area must be"):
         read_augmentation(tmp_path)

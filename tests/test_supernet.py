@@ -206,4 +206,4 @@ def test_resume_without_a_state_and_with_another_dataset_are_user_errors(small_d
     result = run_script(*run_args(small_digits, tmp_path, 2), "--resume")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = error_lines(result)
-    assert "training_state.pth.tar: the saved supernet does not fit this run (size mismatch" in line
+    assert "training_state.pth.tar: the saved network does not fit this run (size mismatch" in line
