@@ -7,17 +7,21 @@ Writes ``<output-dir>/epoch_{e}.pth.tar`` (``{'state_dict': ...}``) and ``<outpu
 ``lr``, ``loss/train``, ``acc1/train``, ``acc5/train`` every step, ``loss/test``, ``acc1/test``,
 ``acc5/test`` every epoch. ``--evaluate CHECKPOINT`` only measures a saved net on the val split.
 """
-import argparse
 import os
-import time
 
-import torch
-from torch import nn
+# Before torch loads OpenMP: spinning OpenMP threads starve DALI's threads (see supernet.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import distributed
-from dataloader import ImageFolderLoader
-from network import ShuffleNetV2OneShot, load_weights
-from utils import (UserError, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import distributed  # noqa: E402
+from dataloader import ImageFolderLoader  # noqa: E402
+from network import ShuffleNetV2OneShot, load_weights  # noqa: E402
+from utils import (UserError, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,  # noqa: E402
                    make_optimizer, resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed,
                    setup_logging, train_one_epoch, write_architecture)
 

@@ -52,6 +52,9 @@ def write_search_space(path):
 if __name__ == "__main__" and os.environ.get(SEARCH_SPACE_ENV):
     sys.exit(write_search_space(os.environ[SEARCH_SPACE_ENV]))
 
+# Before torch loads OpenMP: spinning OpenMP threads starve DALI's and other trials' (see supernet.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse  # noqa: E402
 import re  # noqa: E402
 
