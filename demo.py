@@ -160,7 +160,8 @@ class Demo:
                                  env=self.env, capture_output=True, text=True, timeout=300)
         with open(os.path.join(OUT, "logs", "nnictl_create.log"), "w") as f:
             f.write(created.stdout + created.stderr)
-        found = re.search(r"id(?: is)?:?\s+([a-z0-9]{8})", created.stdout + created.stderr)
+        output = re.sub(r"\x1b\[[0-9;]*m", "", created.stdout + created.stderr)  # nnictl colours its output
+        found = re.search(r"Experiment ID:\s*([A-Za-z0-9]+)", output)
         if created.returncode != 0 or not found:
             raise UserError(f"nnictl create failed; see {os.path.join(OUT, 'logs', 'nnictl_create.log')}")
         self.experiment_id = found.group(1)
