@@ -27,7 +27,6 @@ from utils import UserError, load_architecture
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
-OUT = os.path.join(ROOT, "demo_output")
 SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
 FINISHED = ("DONE", "TUNER_NO_MORE_TRIAL", "STOPPED", "ERROR")
 
@@ -38,12 +37,19 @@ def parse_args(argv=None):
     parser.add_argument("--scratch-epochs", type=int, default=10)
     parser.add_argument("--port", type=int, default=0, help="NNI web UI port (default: a free one)")
     parser.add_argument("--search-timeout", type=int, default=900, help="seconds to wait for the search")
+    parser.add_argument("--search-rounds", type=int, default=None,
+                        help="evolution rounds (default: config_search_cpu.yml's)")
+    parser.add_argument("--search-population", type=int, default=None,
+                        help="candidates a round (default: config_search_cpu.yml's)")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "demo_output"),
+                        help="where everything the demo writes goes (replaced on each run)")
     return parser.parse_args(argv)
 
 
 class Demo:
     def __init__(self, args):
         self.args = args
+        self.out = os.path.abspath(args.output_dir)
         self.child = None
         self.experiment_id = None
         self.timings = {}
@@ -52,7 +58,7 @@ class Demo:
 
     def run(self, name, command, log_name):
         """Run one step as a child process, its output teed to demo_output/logs/<log_name>."""
-        log_path = os.path.join(OUT, "logs", log_name)
+        log_path = os.path.join(self.out, "logs", log_name)
         print(f"\n=== {name}\n$ {' '.join(command)}\n  (log: {os.path.relpath(log_path, ROOT)})", flush=True)
         started = time.perf_counter()
         with open(log_path, "w") as log:
@@ -87,9 +93,9 @@ class Demo:
 
     def main(self):
         args = self.args
-        if os.path.exists(OUT):
-            shutil.rmtree(OUT)
-        os.makedirs(os.path.join(OUT, "logs"))
+        if os.path.exists(self.out):
+            shutil.rmtree(self.out)
+        os.makedirs(os.path.join(self.out, "logs"))
         started = time.perf_counter()
 
         if not os.path.isdir(os.path.join(DATA, "val")):
@@ -97,7 +103,7 @@ class Demo:
         else:
             print(f"=== data: reusing {os.path.relpath(DATA, ROOT)}", flush=True)
 
-        supernet_dir = os.path.join(OUT, "supernet")
+        supernet_dir = os.path.join(self.out, "supernet")
         log = self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--input-size", "32",
                                     "--batch-size", "64", "--epochs", str(args.supernet_epochs),
                                     "--output-dir", supernet_dir], "supernet.log")
@@ -109,13 +115,13 @@ class Demo:
         table = os.path.join(search_dir, "candidates.csv")
         best_file = os.path.join(search_dir, "architecture_final.json")
         best = best_row(table)
-        self.run("plot", [sys.executable, "plot_search.py", table, "-o", os.path.join(OUT, "search.png")],
+        self.run("plot", [sys.executable, "plot_search.py", table, "-o", os.path.join(self.out, "search.png")],
                  "plot.log")
 
         log = self.run("scratch", [sys.executable, "scratch.py", "--fixed-arc", best_file, "--imagenet-dir", DATA,
                                    "--input-size", "32", "--batch-size", "64", "--epochs", str(args.scratch_epochs),
-                                   "--output-dir", os.path.join(OUT, "scratch"),
-                                   "--tb-dir", os.path.join(OUT, "runs")], "scratch.log")
+                                   "--output-dir", os.path.join(self.out, "scratch"),
+                                   "--tb-dir", os.path.join(self.out, "runs")], "scratch.log")
         scratch_top1 = float(re.findall(r"last \(epoch \d+\) top-1 ([0-9.]+)", log)[-1])
 
         choices = load_architecture(best_file)
@@ -126,8 +132,8 @@ class Demo:
                 ("candidates evaluated", str(count_scored(table))),
                 ("its accuracy trained from scratch", f"{scratch_top1:.1%}"),
                 ("architecture file", os.path.relpath(best_file, ROOT)),
-                ("search plot", os.path.relpath(os.path.join(OUT, "search.png"), ROOT)),
-                ("logs", os.path.relpath(os.path.join(OUT, "logs"), ROOT))]
+                ("search plot", os.path.relpath(os.path.join(self.out, "search.png"), ROOT)),
+                ("logs", os.path.relpath(os.path.join(self.out, "logs"), ROOT))]
         rows += [(f"time: {step}", f"{seconds:.0f} s") for step, seconds in self.timings.items()]
         rows.append(("time: total", f"{time.perf_counter() - started:.0f} s"))
         width = max(len(k) for k, _ in rows)
@@ -146,8 +152,16 @@ class Demo:
         config["searchSpaceFile"] = os.path.join(ROOT, config["searchSpaceFile"])
         config["trialCodeDirectory"] = ROOT
         config["tuner"]["codeDirectory"] = ROOT
-        config["experimentWorkingDirectory"] = os.path.join(OUT, "nni-experiments")
-        config_path = os.path.join(OUT, "config_search_demo.yml")
+        tuner_args = config["tuner"]["classArgs"]
+        if self.args.search_rounds:
+            tuner_args["max_epochs"] = self.args.search_rounds
+        if self.args.search_population:  # keep Megvii's proportions: a fifth parents, 2/5 mutants, 2/5 crosses
+            population = tuner_args["num_population"] = self.args.search_population
+            tuner_args["num_select"] = max(1, population // 5)
+            tuner_args["num_mutation"] = tuner_args["num_crossover"] = population * 2 // 5
+        config["maxTrialNumber"] = tuner_args["max_epochs"] * tuner_args["num_population"]
+        config["experimentWorkingDirectory"] = os.path.join(self.out, "nni-experiments")
+        config_path = os.path.join(self.out, "config_search_demo.yml")
         with open(config_path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
 
@@ -158,14 +172,14 @@ class Demo:
         started = time.perf_counter()
         created = subprocess.run(["nnictl", "create", "--config", config_path, "--port", str(port)], cwd=ROOT,
                                  env=self.env, capture_output=True, text=True, timeout=300)
-        with open(os.path.join(OUT, "logs", "nnictl_create.log"), "w") as f:
+        with open(os.path.join(self.out, "logs", "nnictl_create.log"), "w") as f:
             f.write(created.stdout + created.stderr)
         output = re.sub(r"\x1b\[[0-9;]*m", "", created.stdout + created.stderr)  # nnictl colours its output
         found = re.search(r"Experiment ID:\s*([A-Za-z0-9]+)", output)
         if created.returncode != 0 or not found:
-            raise UserError(f"nnictl create failed; see {os.path.join(OUT, 'logs', 'nnictl_create.log')}")
+            raise UserError(f"nnictl create failed; see {os.path.join(self.out, 'logs', 'nnictl_create.log')}")
         self.experiment_id = found.group(1)
-        search_dir = os.path.join(OUT, "nni-experiments", self.experiment_id, "log", "checkpoints")
+        search_dir = os.path.join(self.out, "nni-experiments", self.experiment_id, "log", "checkpoints")
         table = os.path.join(search_dir, "candidates.csv")
         status, last_count = None, -1
         deadline = time.monotonic() + self.args.search_timeout
