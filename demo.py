@@ -28,7 +28,8 @@ from utils import UserError, load_architecture
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
 SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
-FINISHED = ("DONE", "TUNER_NO_MORE_TRIAL", "STOPPED", "ERROR")
+# TUNER_NO_MORE_TRIAL also shows while the tuner holds requests until a round's last trials end
+FINISHED = ("DONE", "STOPPED", "ERROR")
 
 
 def parse_args(argv=None):
@@ -189,7 +190,8 @@ class Demo:
             if count != last_count:
                 print(f"  {count} candidates scored (status {status})", flush=True)
                 last_count = count
-            if status in FINISHED:
+            ended = count_rows(table) if os.path.exists(table) else 0
+            if status in FINISHED or (status == "TUNER_NO_MORE_TRIAL" and ended >= config["maxTrialNumber"]):
                 break
             time.sleep(3)
         self.timings[name] = time.perf_counter() - started
@@ -216,6 +218,12 @@ def experiment_status(port):
 def scored_rows(table):
     with open(table) as f:
         return [row for row in csv.DictReader(f) if row.get("accuracy")]
+
+
+def count_rows(table):
+    """Candidates whose trial ended, scored or failed."""
+    with open(table) as f:
+        return sum(1 for _ in csv.DictReader(f))
 
 
 def count_scored(table):
