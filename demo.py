@@ -182,14 +182,14 @@ class Demo:
         self.experiment_id = found.group(1)
         search_dir = os.path.join(self.out, "nni-experiments", self.experiment_id, "log", "checkpoints")
         table = os.path.join(search_dir, "candidates.csv")
-        status, last_count = None, -1
+        status, last_seen = None, None
         deadline = time.monotonic() + self.args.search_timeout
         while time.monotonic() < deadline:
             status = experiment_status(port)
             count = count_scored(table) if os.path.exists(table) else 0
-            if count != last_count:
+            if (count, status) != last_seen:
                 print(f"  {count} candidates scored (status {status})", flush=True)
-                last_count = count
+                last_seen = (count, status)
             ended = count_rows(table) if os.path.exists(table) else 0
             if status in FINISHED or (status == "TUNER_NO_MORE_TRIAL" and ended >= config["maxTrialNumber"]):
                 break
