@@ -167,7 +167,9 @@ def digits_run(digits_dir, tmp_path_factory):
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, SCRATCH, *args], cwd=REPO, stdout=log, stderr=log)
         deadline = time.monotonic() + 240
-        while not os.path.exists(state_path) and process.poll() is None and time.monotonic() < deadline:
+        # epoch 1's line is logged once its checkpoint and state are saved
+        while not (os.path.exists(state_path) and "] done in" in log_path.read_text()) \
+                and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)  # early in epoch 2
         process.wait()
