@@ -171,15 +171,22 @@ class Demo:
         print(f"\n=== {name}\n$ nnictl create --config {os.path.relpath(config_path, ROOT)} --port {port}\n"
               f"  NNI's web UI listens on every interface at port {port} while the search runs", flush=True)
         started = time.perf_counter()
-        created = subprocess.run(["nnictl", "create", "--config", config_path, "--port", str(port)], cwd=ROOT,
-                                 env=self.env, capture_output=True, text=True, timeout=300)
-        with open(os.path.join(self.out, "logs", "nnictl_create.log"), "w") as f:
-            f.write(created.stdout + created.stderr)
-        output = re.sub(r"\x1b\[[0-9;]*m", "", created.stdout + created.stderr)  # nnictl colours its output
-        found = re.search(r"Experiment ID:\s*([A-Za-z0-9]+)", output)
-        if created.returncode != 0 or not found:
-            raise UserError(f"nnictl create failed; see {os.path.join(self.out, 'logs', 'nnictl_create.log')}")
-        self.experiment_id = found.group(1)
+        # nnictl gives NNI's web server about 3 s to come up; on a busy machine that can be too short
+        for attempt in range(3):
+            created = subprocess.run(["nnictl", "create", "--config", config_path, "--port", str(port)], cwd=ROOT,
+                                     env=self.env, capture_output=True, text=True, timeout=300)
+            with open(os.path.join(self.out, "logs", "nnictl_create.log"), "a") as f:
+                f.write(created.stdout + created.stderr)
+            output = re.sub(r"\x1b\[[0-9;]*m", "", created.stdout + created.stderr)  # nnictl colours its output
+            found = re.search(r"Experiment ID:\s*([A-Za-z0-9]+)", output)
+            self.experiment_id = found.group(1) if found else None
+            if created.returncode == 0 and found:
+                break
+            self.stop_experiment()
+            if attempt == 2 or "Create experiment failed" not in output:
+                raise UserError(f"nnictl create failed; see {os.path.join(self.out, 'logs', 'nnictl_create.log')}")
+            port = self.args.port or free_port()
+            print(f"  NNI's web server did not come up in time; trying again on port {port}", flush=True)
         search_dir = os.path.join(self.out, "nni-experiments", self.experiment_id, "log", "checkpoints")
         table = os.path.join(search_dir, "candidates.csv")
         status, last_seen = None, None
