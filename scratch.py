@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,  # noqa: E402
+from utils import (UserError, add_data_arguments, add_optimisation_arguments, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,  # noqa: E402
                    make_optimizer, resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed,
                    setup_logging, train_one_epoch, write_architecture)
 
@@ -34,24 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--architecture", "--fixed-arc", dest="architecture", default="architecture_final.json",
                         help="the architecture to train: NNI 1.x one-hot lists, {\"LayerChoice1\": \"2\", ...}, "
                              "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints")
-    group = parser.add_argument_group("data")
-    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
-    group.add_argument("--spos-preprocessing", action="store_true", default=False,
-                       help="Megvii's input: BGR, 0..255, linear interpolation")
-    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32")
-    group.add_argument("--workers", type=int, default=4)
-    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
-                       help="auto: DALI when installed, else torchvision")
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", type=int, default=1024)
-    group.add_argument("--epochs", type=int, default=240)
-    group.add_argument("--learning-rate", type=float, default=0.5,
-                       help="for --reference-batch-size images a step, scaled linearly to --batch-size")
-    group.add_argument("--reference-batch-size", type=int, default=1024,
-                       help="Megvii's batch for lr 0.5; set it to --batch-size to use --learning-rate as it is")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight-decay", type=float, default=4e-5, help="on conv and linear weights only")
-    group.add_argument("--label-smoothing", type=float, default=0.1)
+    add_data_arguments(parser, workers=4)
+    group = add_optimisation_arguments(parser, batch_size=1024, epochs=240)
     group.add_argument("--lr-decay", choices=("linear", "cosine"), default="linear",
                        help="per step, to 0 at the end of the last epoch")
     group = parser.add_argument_group("run")

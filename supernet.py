@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, evaluate, get_device, logger, make_lr_scheduler, make_optimizer,  # noqa: E402
+from utils import (UserError, add_data_arguments, add_optimisation_arguments, evaluate, get_device, logger, make_lr_scheduler, make_optimizer,  # noqa: E402
                    resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed, setup_logging,
                    train_one_epoch)
 
@@ -28,24 +28,8 @@ STATE_FILE = "training_state.pth.tar"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    group = parser.add_argument_group("data")
-    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
-    group.add_argument("--spos-preprocessing", action="store_true", default=False,
-                       help="Megvii's input: BGR, 0..255, linear interpolation (for official checkpoints)")
-    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32")
-    group.add_argument("--workers", type=int, default=4)
-    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
-                       help="auto: DALI when installed, else torchvision")
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", type=int, default=768)
-    group.add_argument("--epochs", type=int, default=120)
-    group.add_argument("--learning-rate", type=float, default=0.5,
-                       help="for --reference-batch-size images a step, scaled linearly to --batch-size")
-    group.add_argument("--reference-batch-size", type=int, default=1024,
-                       help="Megvii's batch for lr 0.5; set it to --batch-size to use --learning-rate as it is")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight-decay", type=float, default=4e-5)
-    group.add_argument("--label-smoothing", type=float, default=0.1)
+    add_data_arguments(parser, workers=4)
+    add_optimisation_arguments(parser, batch_size=768, epochs=120)
     group = parser.add_argument_group("run")
     group.add_argument("--output-dir", default="./checkpoints")
     group.add_argument("--load-checkpoint", nargs="?", const=OFFICIAL_CHECKPOINT, default=None, metavar="PATH",

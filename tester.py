@@ -63,7 +63,7 @@ from torch import nn  # noqa: E402
 
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, evaluate, get_device, load_architecture, logger, parse_architecture,  # noqa: E402
+from utils import (UserError, add_data_arguments, evaluate, get_device, load_architecture, logger, parse_architecture,  # noqa: E402
                    run_main, set_seed, setup_logging)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
@@ -72,14 +72,7 @@ _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    group = parser.add_argument_group("data")
-    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
-    group.add_argument("--spos-preprocessing", action="store_true", default=False,
-                       help="Megvii's input: BGR, 0..255, linear interpolation (for official checkpoints)")
-    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32; the supernet's")
-    group.add_argument("--workers", type=int, default=6)
-    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
-                       help="auto: DALI when installed, else torchvision")
+    group = add_data_arguments(parser, workers=6)
     group.add_argument("--train-batch-size", type=int, default=128, help="batch for BN recalibration")
     group.add_argument("--test-batch-size", type=int, default=512)
     group = parser.add_argument_group("evaluation")

@@ -18,6 +18,34 @@ class UserError(Exception):
     """Bad input from the user: reported as one line naming the file or value, exit status 2."""
 
 
+def add_data_arguments(parser, workers):
+    """The data flags every step shares (NNI's names and defaults); returns the group for more."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--imagenet-dir", default="./data/imagenet", help="folder with train/ and val/")
+    group.add_argument("--spos-preprocessing", action="store_true", default=False,
+                       help="Megvii's input: BGR, 0..255, linear interpolation (for official checkpoints)")
+    group.add_argument("--input-size", type=int, default=224, help="a multiple of 32")
+    group.add_argument("--workers", type=int, default=workers)
+    group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                       help="auto: DALI when installed, else torchvision")
+    return group
+
+
+def add_optimisation_arguments(parser, batch_size, epochs):
+    """The SGD flags supernet.py and scratch.py share; returns the group for more."""
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--batch-size", type=int, default=batch_size, help="global, over all processes")
+    group.add_argument("--epochs", type=int, default=epochs)
+    group.add_argument("--learning-rate", type=float, default=0.5,
+                       help="for --reference-batch-size images a step, scaled linearly to --batch-size")
+    group.add_argument("--reference-batch-size", type=int, default=1024,
+                       help="Megvii's batch for lr 0.5; set it to --batch-size to use --learning-rate as it is")
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--weight-decay", type=float, default=4e-5, help="on conv and linear weights only")
+    group.add_argument("--label-smoothing", type=float, default=0.1)
+    return group
+
+
 def run_main(main):
     """Run a step's ``main``: a UserError ends in one clear line and exit status 2, Ctrl-C in status 130."""
     try:
