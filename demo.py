@@ -60,7 +60,7 @@ class Demo:
     def run(self, name, command, log_name):
         """Run one step as a child process, its output teed to demo_output/logs/<log_name>."""
         log_path = os.path.join(self.out, "logs", log_name)
-        print(f"\n=== {name}\n$ {' '.join(command)}\n  (log: {os.path.relpath(log_path, ROOT)})", flush=True)
+        print(f"\n=== {name}\n$ {' '.join(command)}\n  (log: {shown(log_path)})", flush=True)
         started = time.perf_counter()
         with open(log_path, "w") as log:
             self.child = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
@@ -102,7 +102,7 @@ class Demo:
         if not os.path.isdir(os.path.join(DATA, "val")):
             self.run("data", [sys.executable, "data/make_digits.py"], "data.log")
         else:
-            print(f"=== data: reusing {os.path.relpath(DATA, ROOT)}", flush=True)
+            print(f"=== data: reusing {shown(DATA)}", flush=True)
 
         supernet_dir = os.path.join(self.out, "supernet")
         log = self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--input-size", "32",
@@ -132,9 +132,9 @@ class Demo:
                 ("its search accuracy (after BN recalibration)", f"{float(best['accuracy']):.1%}"),
                 ("candidates evaluated", str(count_scored(table))),
                 ("its accuracy trained from scratch", f"{scratch_top1:.1%}"),
-                ("architecture file", os.path.relpath(best_file, ROOT)),
-                ("search plot", os.path.relpath(os.path.join(self.out, "search.png"), ROOT)),
-                ("logs", os.path.relpath(os.path.join(self.out, "logs"), ROOT))]
+                ("architecture file", shown(best_file)),
+                ("search plot", shown(os.path.join(self.out, "search.png"))),
+                ("logs", shown(os.path.join(self.out, "logs")))]
         rows += [(f"time: {step}", f"{seconds:.0f} s") for step, seconds in self.timings.items()]
         rows.append(("time: total", f"{time.perf_counter() - started:.0f} s"))
         width = max(len(k) for k, _ in rows)
@@ -168,7 +168,7 @@ class Demo:
 
         port = self.args.port or free_port()
         name = "search"
-        print(f"\n=== {name}\n$ nnictl create --config {os.path.relpath(config_path, ROOT)} --port {port}\n"
+        print(f"\n=== {name}\n$ nnictl create --config {shown(config_path)} --port {port}\n"
               f"  NNI's web UI listens on every interface at port {port} while the search runs", flush=True)
         started = time.perf_counter()
         # nnictl gives NNI's web server about 3 s to come up; on a busy machine that can be too short
@@ -206,6 +206,12 @@ class Demo:
         if status not in ("DONE", "TUNER_NO_MORE_TRIAL"):
             raise UserError(f"the search ended with status {status}; see {os.path.dirname(search_dir)}")
         return search_dir
+
+
+def shown(path):
+    """A path as the user would type it: relative inside the project, absolute outside it."""
+    relative = os.path.relpath(path, ROOT)
+    return path if relative.startswith(os.pardir) else relative
 
 
 def free_port():

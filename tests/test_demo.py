@@ -1,0 +1,81 @@
+"""`make demo`'s path, reduced: demo.py with a 1-epoch supernet, a real nnictl search of 2 rounds of 4
+candidates on real DALI, and 3 scratch epochs; and Ctrl-C during the search, which must stop the experiment.
+Each run writes only under a temporary --output-dir (and data/digits, which the demo reuses)."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import demo
+from utils import load_architecture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_TIMEOUT_S = 900
+
+
+def demo_command(output_dir, port, scratch_epochs=3):
+    return [sys.executable, "demo.py", "--supernet-epochs", "1", "--scratch-epochs", str(scratch_epochs),
+            "--search-rounds", "2", "--search-population", "4", "--port", str(port), "--output-dir",
+            str(output_dir)]
+
+
+def venv_env():
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+def assert_experiment_stopped(port):
+    """NNI's REST server answers on the port until `nnictl stop` ends the experiment."""
+    assert demo.experiment_status(port) is None, f"an NNI experiment still answers on port {port}"
+
+
+def test_reduced_demo_runs_every_step_and_summarises(tmp_path):
+    port = demo.free_port()
+    done = subprocess.run(demo_command(tmp_path / "out", port), cwd=REPO, env=venv_env(), capture_output=True,
+                          text=True, timeout=DEMO_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = done.stdout.split("=== summary", 1)[1]
+    values = dict(re.findall(r"^  (\S.*?\S)\s{2,}(\S.*)$", summary, flags=re.M))
+
+    assert 0.0 <= float(values["supernet accuracy on random paths"].rstrip("%")) <= 100.0
+    assert values["candidates evaluated"] == "8"
+    best_file = os.path.normpath(os.path.join(REPO, values["architecture file"]))
+    assert best_file.startswith(str(tmp_path / "out"))
+    choices = load_architecture(best_file)
+    assert values["best architecture"] == " ".join(map(str, choices))
+    assert float(values["its FLOPs at 224x224"].rstrip("M")) <= 330.0  # config_search_cpu.yml's limit
+    # 3 epochs of scratch training on digits is far above chance (10 %) for any legal architecture
+    assert float(values["its accuracy trained from scratch"].rstrip("%")) > 50.0
+    plot = os.path.join(REPO, values["search plot"])
+    with open(plot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for step in ("supernet", "search", "scratch", "total"):
+        assert values[f"time: {step}"].endswith(" s")
+    logs = os.path.join(REPO, values["logs"])
+    assert {"supernet.log", "scratch.log", "nnictl_create.log"} <= set(os.listdir(logs))
+    assert "stopped NNI experiment" in done.stdout
+    assert_experiment_stopped(port)
+
+
+def test_ctrl_c_during_the_search_stops_the_experiment(tmp_path):
+    port = demo.free_port()
+    process = subprocess.Popen(demo_command(tmp_path / "out", port), cwd=REPO, env=venv_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        deadline = time.monotonic() + DEMO_TIMEOUT_S
+        for line in process.stdout:
+            output.append(line)
+            if "candidates scored (status RUNNING)" in line or time.monotonic() > deadline:
+                break
+        assert any("candidates scored (status RUNNING)" in line for line in output), "".join(output[-40:])
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rest, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, "".join(output[-20:]) + rest
+    assert "interrupted" in rest and "stopped NNI experiment" in rest
+    assert_experiment_stopped(port)
