@@ -20,8 +20,9 @@ from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
-from network import ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, add_data_arguments, add_optimisation_arguments, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,  # noqa: E402
+from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
+from utils import (UserError, add_data_arguments, add_optimisation_arguments, add_performance_arguments, compute_dtype,
+                   prepare_model, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,  # noqa: E402
                    make_optimizer, resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed,
                    setup_logging, train_one_epoch, write_architecture)
 
@@ -38,6 +39,7 @@ def parse_args(argv=None):
     group = add_optimisation_arguments(parser, batch_size=1024, epochs=240)
     group.add_argument("--lr-decay", choices=("linear", "cosine"), default="linear",
                        help="per step, to 0 at the end of the last epoch")
+    add_performance_arguments(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--output-dir", default="./scratch_checkpoints")
     group.add_argument("--tb-dir", default="runs", help="TensorBoard log folder")
@@ -83,7 +85,8 @@ def train(args, architecture, context):
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=True,
                                 architecture=architecture)
     log_architecture(args.architecture, architecture, model)
-    model.to(device)
+    prepare_model(model, device, args.channels_last)
+    autocast_dtype = compute_dtype(args.precision, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     learning_rate = scaled_learning_rate(args.learning_rate, args.batch_size, args.reference_batch_size)
     logger.info("learning rate %.4g (%.4g for %d images a step, scaled to the global batch of %d), %s decay",
@@ -118,8 +121,8 @@ def train(args, architecture, context):
             started = time.perf_counter()
             train_criterion = TrainScalars(criterion, writer, optimizer, global_step=epoch * steps)
             train_stats = train_one_epoch(trained_model, train_loader, train_criterion, optimizer, scheduler, epoch,
-                                          args.epochs, args.log_frequency)
-            val_stats = evaluate(model, val_loader, criterion)
+                                          args.epochs, args.log_frequency, autocast_dtype=autocast_dtype)
+            val_stats = evaluate(model, val_loader, criterion, autocast_dtype=autocast_dtype)
             writer.add_scalar("loss/test", val_stats["loss"], global_step=epoch)
             writer.add_scalar("acc1/test", val_stats["top1"], global_step=epoch)
             writer.add_scalar("acc5/test", val_stats["top5"], global_step=epoch)
@@ -220,8 +223,9 @@ def evaluate_checkpoint(args, architecture):
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=val_loader.num_classes, affine=True,
                                 architecture=architecture)
     load_weights(model, args.evaluate)
-    model.to(device)
-    stats = evaluate(model, val_loader, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
+    prepare_model(model, device, args.channels_last)
+    stats = evaluate(fold_batch_norms(model), val_loader, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+                     autocast_dtype=compute_dtype(args.precision, device))
     print(f"{args.evaluate}: top-1 {stats['top1']:.4f}  top-5 {stats['top5']:.4f}  loss {stats['loss']:.4f}  "
           f"on {stats['images']} val images of {args.imagenet_dir}", flush=True)
     return stats

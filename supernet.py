@@ -18,7 +18,8 @@ from torch import nn  # noqa: E402
 import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, add_data_arguments, add_optimisation_arguments, evaluate, get_device, logger, make_lr_scheduler, make_optimizer,  # noqa: E402
+from utils import (UserError, add_data_arguments, add_optimisation_arguments, add_performance_arguments, compute_dtype,
+                   prepare_model, evaluate, get_device, logger, make_lr_scheduler, make_optimizer,  # noqa: E402
                    resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed, setup_logging,
                    train_one_epoch)
 
@@ -30,6 +31,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, workers=4)
     add_optimisation_arguments(parser, batch_size=768, epochs=120)
+    add_performance_arguments(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--output-dir", default="./checkpoints")
     group.add_argument("--load-checkpoint", nargs="?", const=OFFICIAL_CHECKPOINT, default=None, metavar="PATH",
@@ -78,7 +80,8 @@ def train(args, context):
             logger.warning("official checkpoints expect --spos-preprocessing")
         load_weights(model, args.load_checkpoint)
         logger.info("loaded supernet weights from %s", args.load_checkpoint)
-    model.to(device)
+    prepare_model(model, device, args.channels_last)
+    autocast_dtype = compute_dtype(args.precision, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     learning_rate = scaled_learning_rate(args.learning_rate, args.batch_size, args.reference_batch_size)
     logger.info("learning rate %.4g (%.4g for %d images a step, scaled to the global batch of %d)", learning_rate,
@@ -103,11 +106,12 @@ def train(args, context):
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         train_stats = train_one_epoch(trained_model, train_loader, criterion, optimizer, scheduler, epoch,
-                                      args.epochs, args.log_frequency, sample_architecture)
+                                      args.epochs, args.log_frequency, sample_architecture, autocast_dtype)
         # the same random paths every epoch, so validation numbers compare across epochs
         # (drawn by every process alike without talking: shards may differ by a batch)
         val_stats = evaluate(model, val_loader, criterion,
-                             sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)))
+                             sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)),
+                             autocast_dtype=autocast_dtype)
         if context.is_main:
             save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler, paths=path_rng)
         distributed.barrier(context)

@@ -62,9 +62,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dataloader import ImageFolderLoader  # noqa: E402
-from network import ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, add_data_arguments, evaluate, get_device, load_architecture, logger, parse_architecture,  # noqa: E402
-                   run_main, set_seed, setup_logging)
+from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network  # noqa: E402
+from utils import (UserError, add_data_arguments, add_performance_arguments, autocast, compute_dtype,  # noqa: E402
+                   evaluate, get_device, load_architecture, logger, parse_architecture, prepare_model, run_main,
+                   set_seed, setup_logging)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
@@ -83,6 +84,7 @@ def parse_args(argv=None):
     group.add_argument("--fixed-arc", metavar="FILE", default=None,
                        help="evaluate this architecture (architecture_final.json format) without NNI and print "
                             "the result")
+    add_performance_arguments(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--log-frequency", type=int, default=10)
@@ -100,38 +102,20 @@ def resolve_checkpoint(path):
     return os.path.join(path, max(epochs)[1])
 
 
-def load_supernet(checkpoint, input_size, n_classes, device="cpu"):
+def load_supernet(checkpoint, input_size, n_classes, device=torch.device("cpu"), channels_last=True):
     """The supernet for ``n_classes`` with the checkpoint's weights (read without unpickling objects)."""
     model = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=False)
     load_weights(model, checkpoint)
-    return model.to(device).eval()
-
-
-def batch_norms(model):
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-def save_bn_state(model):
-    """The running statistics and momentum of every BN, for ``restore_bn_state``."""
-    return [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-            for m in batch_norms(model)]
-
-
-def restore_bn_state(state):
-    with torch.no_grad():
-        for m, momentum, mean, var, count in state:
-            m.momentum = momentum
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
+    return prepare_model(model, torch.device(device), channels_last).eval()
 
 
 def reset_bn_stats(model):
     """Every BN to running mean 0, variance 1, no batches seen, and momentum None: the statistics become a
     cumulative average over the batches that follow."""
-    for m in batch_norms(model):
-        m.reset_running_stats()
-        m.momentum = None
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
 
 
 def cycle_batches(loader, num_batches):
@@ -150,15 +134,16 @@ def cycle_batches(loader, num_batches):
                             f"batch norm with")
 
 
-@torch.no_grad()
-def recalibrate_bn(model, architecture, loader, num_batches, log_frequency=0):
-    """Reset BN statistics, then run ``num_batches`` training batches through ``architecture`` in train mode
-    without gradients. Leaves the model in eval mode."""
+@torch.inference_mode()
+def recalibrate_bn(model, loader, num_batches, log_frequency=0, autocast_dtype=None):
+    """Reset ``model``'s BN statistics (a path network), then run ``num_batches`` training batches through it
+    in train mode without gradients. Leaves it in eval mode."""
     reset_bn_stats(model)
     model.train()
     started = time.perf_counter()
     for step, (images, _) in enumerate(cycle_batches(loader, num_batches)):
-        model(images, architecture)
+        with autocast(images.device, autocast_dtype):
+            model(images)
         if log_frequency and ((step + 1) % log_frequency == 0 or step + 1 == num_batches):
             logger.info("BN recalibration [%d/%d]  %.1f batches/s", step + 1, num_batches,
                         (step + 1) / (time.perf_counter() - started))
@@ -166,37 +151,34 @@ def recalibrate_bn(model, architecture, loader, num_batches, log_frequency=0):
 
 
 def evaluate_candidate(model, architecture, train_loader, val_loader, train_iters, log_frequency=0,
-                       on_before_recalibration=None):
+                       on_before_recalibration=None, autocast_dtype=None):
     """Top-1 of ``architecture`` on ``val_loader`` before and after BN recalibration with ``train_iters``
-    batches of ``train_loader`` (0: no recalibration). The model's BN statistics are restored afterwards,
-    so the next candidate starts from the checkpoint's. ``on_before_recalibration(accuracy)`` is called as
-    soon as the first number is known."""
+    batches of ``train_loader`` (0: no recalibration). Works on a copy of the path (``network.path_network``),
+    so the supernet is left as it was; evaluation runs with BN folded into the convs. ``on_before_recalibration
+    (accuracy)`` is called as soon as the first number is known."""
     criterion = nn.CrossEntropyLoss()
-    saved = save_bn_state(model)
     seconds = {}
-    try:
+    started = time.perf_counter()
+    path = path_network(model, architecture)
+    before = evaluate(fold_batch_norms(path), val_loader, criterion, autocast_dtype=autocast_dtype)
+    seconds["evaluation_before"] = time.perf_counter() - started
+    logger.info("before BN recalibration: top1 %.4f top5 %.4f loss %.4f (%d images, %.1f s)", before["top1"],
+                before["top5"], before["loss"], before["images"], seconds["evaluation_before"])
+    if on_before_recalibration is not None:
+        on_before_recalibration(before["top1"])
+    if train_iters > 0:
         started = time.perf_counter()
-        before = evaluate(model, val_loader, criterion, architecture=architecture)
-        seconds["evaluation_before"] = time.perf_counter() - started
-        logger.info("before BN recalibration: top1 %.4f top5 %.4f loss %.4f (%d images, %.1f s)", before["top1"],
-                    before["top5"], before["loss"], before["images"], seconds["evaluation_before"])
-        if on_before_recalibration is not None:
-            on_before_recalibration(before["top1"])
-        if train_iters > 0:
-            started = time.perf_counter()
-            recalibrate_bn(model, architecture, train_loader, train_iters, log_frequency)
-            seconds["recalibration"] = time.perf_counter() - started
-            started = time.perf_counter()
-            after = evaluate(model, val_loader, criterion, architecture=architecture)
-            seconds["evaluation_after"] = time.perf_counter() - started
-            logger.info("after BN recalibration (%d batches, %.1f s): top1 %.4f top5 %.4f loss %.4f (%.1f s)",
-                        train_iters, seconds["recalibration"], after["top1"], after["top5"], after["loss"],
-                        seconds["evaluation_after"])
-        else:
-            after = before
-            seconds["recalibration"] = seconds["evaluation_after"] = 0.0
-    finally:
-        restore_bn_state(saved)
+        recalibrate_bn(path, train_loader, train_iters, log_frequency, autocast_dtype)
+        seconds["recalibration"] = time.perf_counter() - started
+        started = time.perf_counter()
+        after = evaluate(fold_batch_norms(path), val_loader, criterion, autocast_dtype=autocast_dtype)
+        seconds["evaluation_after"] = time.perf_counter() - started
+        logger.info("after BN recalibration (%d batches, %.1f s): top1 %.4f top5 %.4f loss %.4f (%.1f s)",
+                    train_iters, seconds["recalibration"], after["top1"], after["top5"], after["loss"],
+                    seconds["evaluation_after"])
+    else:
+        after = before
+        seconds["recalibration"] = seconds["evaluation_after"] = 0.0
     return {"accuracy_before_recalibration": before["top1"], "accuracy": after["top1"], "top5": after["top5"],
             "loss": after["loss"], "images": after["images"], "seconds": seconds}
 
@@ -263,13 +245,13 @@ def main(argv=None):
                 val_loader.num_images, train_loader.num_classes, train_loader.backend, seconds["data"])
 
     started = time.perf_counter()
-    model = load_supernet(checkpoint, args.input_size, train_loader.num_classes, device)
+    model = load_supernet(checkpoint, args.input_size, train_loader.num_classes, device, args.channels_last)
     seconds["checkpoint_load"] = time.perf_counter() - started
     logger.info("loaded %s (%.1f s)", checkpoint, seconds["checkpoint_load"])
 
     report_before = nni.report_intermediate_result if nni is not None else None
     result = evaluate_candidate(model, architecture, train_loader, val_loader, args.train_iters,
-                                args.log_frequency, report_before)
+                                args.log_frequency, report_before, compute_dtype(args.precision, device))
     seconds.update(result.pop("seconds"))
     seconds["total"] = time.time() - process_started
     logger.info("timing (s): start-up %.1f, data %.1f, checkpoint load %.1f, evaluation before %.1f, "

@@ -1,5 +1,6 @@
 """tester.py: the search space for `nnictl ss_gen`, the candidate formats a trial takes, BN recalibration, and
 one candidate scored on the digits data (as an NNI trial with NNI's calls recorded, and standalone)."""
+import copy
 import json
 import os
 import subprocess
@@ -8,9 +9,11 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 import network
 import tester
+import utils
 from utils import UserError, write_architecture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,36 +111,58 @@ def test_cycle_batches_starts_the_loader_over():
 
 def test_recalibration_is_a_cumulative_average_over_the_path():
     torch.manual_seed(0)
-    model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10).eval()
+    supernet = network.ShuffleNetV2OneShot(input_size=32, n_classes=10).eval()
+    path = network.path_network(supernet, ARCH)
     batches = [(torch.randn(8, 3, 32, 32) * (i + 1), torch.zeros(8, dtype=torch.long)) for i in range(3)]
-    tester.recalibrate_bn(model, ARCH, batches, 5)  # 3 batches, then the first two again
+    tester.recalibrate_bn(path, batches, 5)  # 3 batches, then the first two again
     used = [batches[i % 3][0] for i in range(5)]
     with torch.no_grad():
-        conv_means = [model.first_conv[0](x).mean(dim=(0, 2, 3)) for x in used]
-    bn = model.first_conv[1]
-    assert not model.training
+        conv_means = [path.first_conv[0](x).mean(dim=(0, 2, 3)) for x in used]
+    bn = path.first_conv[1]
+    assert not path.training
     assert bn.momentum is None and int(bn.num_batches_tracked) == 5
     torch.testing.assert_close(bn.running_mean, torch.stack(conv_means).mean(0), rtol=1e-4, atol=1e-5)
-    unused_bn = model.features[0][(ARCH[0] + 1) % 4].branch_main[1]  # a block off the path: reset, untouched
-    assert torch.all(unused_bn.running_mean == 0) and torch.all(unused_bn.running_var == 1)
-    assert int(unused_bn.num_batches_tracked) == 0
+    assert int(supernet.first_conv[1].num_batches_tracked) == 0  # the supernet is not touched
 
 
-def test_evaluate_candidate_leaves_the_checkpoint_statistics():
+def _plain_candidate_accuracy(model, architecture, train, val):
+    """NNI's tester as written: reset the supernet's BN statistics, forward the batches in train mode, then
+    evaluate the supernet itself (no copy, no folding)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for images, _ in train:
+            model(images, architecture)
+        model.eval()
+        correct = sum(int((model(images, architecture).argmax(1) == labels).sum()) for images, labels in val)
+    return correct / sum(len(labels) for _, labels in val)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_evaluate_candidate_scores_as_plain_recalibration_and_leaves_the_supernet(channels_last):
     torch.manual_seed(0)
     model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10).eval()
-    for bn in tester.batch_norms(model):
-        bn.running_mean.uniform_(-1, 1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    # a classifier whose predictions vary with the input, so the accuracy tells folded and plain apart
+    nn.init.normal_(model.classifier[0].weight, 0, 1)
+    utils.prepare_model(model, torch.device("cpu"), channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
-    val = [(torch.randn(5, 3, 32, 32), torch.randint(0, 10, (5,)))]
+    train = [(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))) for _ in range(3)]
+    val = [(torch.randn(50, 3, 32, 32), torch.randint(0, 10, (50,))) for _ in range(2)]
     seen = []
-    result = tester.evaluate_candidate(model, ARCH, train, val, 2, on_before_recalibration=seen.append)
+    result = tester.evaluate_candidate(model, ARCH, train, val, 3, on_before_recalibration=seen.append)
     assert seen == [result["accuracy_before_recalibration"]]
-    assert 0.0 <= result["accuracy"] <= 1.0 and result["images"] == 5
+    assert result["images"] == 100
+    assert result["accuracy"] == pytest.approx(_plain_candidate_accuracy(model, ARCH, train, val), abs=1e-6)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], msg=key)
-    assert all(bn.momentum == 0.1 for bn in tester.batch_norms(model))
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_trial_reports_both_accuracies_to_nni(digits_dir, digits_checkpoint, monkeypatch):
