@@ -26,4 +26,4 @@ test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf checkpoints scratch_checkpoints runs nni-experiments demo_output data/digits data/cache
+	rm -rf checkpoints scratch_checkpoints runs nni-experiments search_output demo_output data/digits data/cache

@@ -7,6 +7,7 @@ uniform in [0.6, 1.4], random horizontal flip; val = resize the shorter side to 
 crop. ``spos_preprocessing`` gives Megvii's input: BGR, 0..255 without mean/std, linear interpolation;
 otherwise RGB with ImageNet mean/std and antialiased (triangular) interpolation.
 """
+import hashlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import random
 
 import torch
 
-from utils import UserError
+from utils import UserError, atomic_save
 
 logger = logging.getLogger("spos")
 
@@ -334,6 +335,97 @@ class ImageFolderLoader:
                 std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
                 images = (images - mean) / std
             yield images, labels.to(self.device)
+
+
+SCORING_CACHE_VERSION = 1
+
+
+def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, input_size=224,
+                    spos_preprocessing=False, workers=4, backend="auto", device="cpu", seed=42, cache_dir=None):
+    """The fixed data every candidate of a search is scored on, decoded once: the first ``train_iters``
+    training batches (augmented as in training, for BN recalibration) and the whole val split, as lists of
+    ``(images, labels)`` on ``device``, and the class names.
+
+    With ``cache_dir`` the decoded tensors are also kept in a file there, keyed on the dataset (its class
+    folders' modification times: adding or removing an image changes them) and every setting that changes
+    the tensors; NNI trials then load that file instead of decoding the same images again. The file holds
+    tensors only and is read with ``weights_only=True``."""
+    if backend == "auto":
+        backend = "dali" if dali_available() else "torch"
+    settings = dict(root=os.path.abspath(root), train_batch_size=train_batch_size, train_iters=train_iters,
+                    test_batch_size=test_batch_size, input_size=input_size, spos_preprocessing=spos_preprocessing,
+                    backend=backend, seed=seed, version=SCORING_CACHE_VERSION)
+    path = None
+    if cache_dir:
+        settings["dataset"] = _dataset_fingerprint(root)
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        path = os.path.join(cache_dir, f"scoring_{digest}.pt")
+        if os.path.exists(path):
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                train, val = _split_batches(cached, "train", device), _split_batches(cached, "val", device)
+                logger.info("scoring data from the cache %s", path)
+                return train, val, list(cached["classes"]), path
+            except Exception as e:  # a foreign or damaged file: decode again and replace it
+                logger.warning("%s: unusable scoring cache (%s); decoding the images again", path,
+                               str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    common = dict(input_size=input_size, spos_preprocessing=spos_preprocessing, workers=workers, backend=backend,
+                  device=device, seed=seed)
+    train_loader = ImageFolderLoader(root, "train", train=True, batch_size=train_batch_size, **common)
+    val_loader = ImageFolderLoader(root, "val", train=False, batch_size=test_batch_size,
+                                   classes=train_loader.classes, **common)
+    train = list(cycle_batches(train_loader, train_iters))
+    val = list(val_loader)
+    if path:
+        contents = {"classes": list(train_loader.classes)}
+        for name, batches in (("train", train), ("val", val)):
+            contents[f"{name}_images"] = torch.cat([images.cpu() for images, _ in batches]) if batches else \
+                torch.empty(0, 3, input_size, input_size)
+            contents[f"{name}_labels"] = torch.cat([labels.cpu() for _, labels in batches]) if batches else \
+                torch.empty(0, dtype=torch.int64)
+            contents[f"{name}_sizes"] = torch.tensor([len(labels) for _, labels in batches], dtype=torch.int64)
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_save(contents, path)
+        logger.info("wrote the scoring cache %s", path)
+    return train, val, list(train_loader.classes), "decoded"
+
+
+def cycle_batches(loader, num_batches):
+    """``num_batches`` batches of ``loader``, starting it over as often as needed."""
+    produced = 0
+    while produced < num_batches:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            produced += 1
+            if produced >= num_batches:
+                return
+        if empty:
+            raise UserError(f"{getattr(loader, 'split_dir', 'the training data')}: no batches to recalibrate "
+                            f"batch norm with")
+
+
+def _split_batches(cached, name, device):
+    sizes = cached[f"{name}_sizes"].tolist()
+    images = cached[f"{name}_images"].split(sizes)
+    labels = cached[f"{name}_labels"].split(sizes)
+    return [(x.to(device), y.to(device)) for x, y in zip(images, labels)]
+
+
+def _dataset_fingerprint(root):
+    """What changes when images are added, removed or replaced, without reading every file: the class
+    folders' names and modification times, and the dataset's preprocessing.json."""
+    entries = []
+    for split in ("train", "val"):
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise UserError(f"{split_dir}: not a folder (expected {root}/{{train,val}}/<class>/<image>)")
+        entries += [(split, e.name, e.stat().st_mtime_ns) for e in os.scandir(split_dir) if e.is_dir()]
+    preprocessing = os.path.join(root, PREPROCESSING_FILE)
+    if os.path.exists(preprocessing):
+        entries.append((PREPROCESSING_FILE, os.stat(preprocessing).st_mtime_ns))
+    return sorted(entries)
 
 
 class _ImageFiles(torch.utils.data.Dataset):

@@ -2,7 +2,6 @@
 
 Module names equal Megvii's, so official checkpoints load with strict=True.
 """
-import copy
 import os
 import pickle
 import random
@@ -199,37 +198,39 @@ def path_network(supernet, architecture):
     """The stand-alone network of one supernet path, with a copy of that path's weights and BN statistics,
     on the supernet's device and in its memory format."""
     weight = supernet.first_conv[0].weight
-    net = ShuffleNetV2OneShot(input_size=supernet.input_size, first_conv_channels=supernet.first_conv_channels,
-                              last_conv_channels=supernet.last_conv_channels, n_classes=supernet.n_classes,
-                              op_flops_path=supernet.op_flops_path, affine=supernet.first_conv[1].affine,
-                              architecture=architecture)
+    with torch.device("meta"):  # no memory and no random init for weights that are replaced at once
+        net = ShuffleNetV2OneShot(input_size=supernet.input_size, first_conv_channels=supernet.first_conv_channels,
+                                  last_conv_channels=supernet.last_conv_channels, n_classes=supernet.n_classes,
+                                  op_flops_path=supernet.op_flops_path, affine=supernet.first_conv[1].affine,
+                                  architecture=architecture)
     state = supernet.state_dict()
     chosen = {}
     for key in net.state_dict():
         parts = key.split(".")
         if parts[0] == "features":  # features.<layer>.<rest> is features.<layer>.<choice>.<rest> in the supernet
             parts.insert(2, str(net.architecture[int(parts[1])]))
-        chosen[key] = state[".".join(parts)]
-    net.load_state_dict(chosen)
-    memory_format = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
-    return net.to(weight.device, memory_format=memory_format or torch.contiguous_format).eval()
+        chosen[key] = state[".".join(parts)].clone()  # clone keeps the memory format
+    net.load_state_dict(chosen, assign=True)
+    net._flops_table = supernet._flops_table
+    return net.to(weight.device).eval()
 
 
 def fold_batch_norms(model):
-    """A copy of ``model`` for inference in which every BN that follows a conv is folded into that conv
-    (its running statistics become the conv's weight scale and bias): the same outputs in eval mode, with
-    a third fewer layers to run."""
+    """Fold, in place, every BN that follows a conv into that conv (its running statistics become the conv's
+    weight scale and bias), for inference: the same outputs in eval mode, with a third fewer layers to run.
+    Returns ``model``, in eval mode."""
     weight = model.first_conv[0].weight
-    channels_last = weight.is_contiguous(memory_format=torch.channels_last)
-    folded = copy.deepcopy(model).eval()
-    for sequence in folded.modules():
+    memory_format = (torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
+                     else torch.contiguous_format)
+    model.eval()
+    for sequence in model.modules():
         if not isinstance(sequence, nn.Sequential):
             continue
         for i in range(len(sequence) - 1):
             if isinstance(sequence[i], nn.Conv2d) and isinstance(sequence[i + 1], nn.BatchNorm2d):
                 sequence[i] = fuse_conv_bn_eval(sequence[i], sequence[i + 1])
                 sequence[i + 1] = nn.Identity()
-    return folded.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model.to(memory_format=memory_format)
 
 
 def validate_architecture(candidate):

@@ -1,6 +1,7 @@
 """tester.py: the search space for `nnictl ss_gen`, the candidate formats a trial takes, BN recalibration, and
 one candidate scored on the digits data (as an NNI trial with NNI's calls recorded, and standalone)."""
 import copy
+import csv
 import json
 import os
 import subprocess
@@ -14,7 +15,8 @@ from torch import nn
 import network
 import tester
 import utils
-from utils import UserError, write_architecture
+import tuner
+from utils import UserError, load_architecture, write_architecture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
@@ -212,4 +214,49 @@ def test_wrong_checkpoint_is_one_clear_line(digits_dir, tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 2
     assert "nope.pth.tar: checkpoint not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digits_dir, digits_checkpoint, tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 2, num_population: 4, num_select: 2, num_mutation: 1, "
+                      "num_crossover: 1, m_prob: 0.1, flops_limit: 330.0e+6, seed: 3}\n")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    common = [*digits_args(digits_dir, digits_checkpoint), "--loader", "torch", "--cache-dir", str(cache)]
+    done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+                           "--output-dir", str(out), *common], cwd=REPO, env=venv_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in-process search: 8 candidates" in done.stderr
+    exports = out / "checkpoints"
+    with open(exports / "candidates.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == tuner.TABLE_COLUMNS
+    assert [r["round"] for r in rows] == ["1"] * 4 + ["2"] * 4
+    assert all(r["status"] == "succeeded" and r["trial_job_id"] == "in-process" for r in rows)
+    assert len({r["choices"] for r in rows}) == 8 and all(float(r["flops"]) <= 330e6 for r in rows)
+    assert {"001_000.json", "001_001.json", "002_000.json", "002_001.json"} <= set(os.listdir(exports))
+    best = max(rows, key=lambda r: float(r["accuracy"]))
+    best_file = exports / "architecture_final.json"
+    assert " ".join(map(str, load_architecture(str(best_file)))) == best["choices"]
+
+    # one trial of the nnictl path, on the same cached data, gives the same numbers
+    trial = subprocess.run([sys.executable, "tester.py", "--fixed-arc", str(best_file), *common], cwd=REPO,
+                           env=venv_env(), capture_output=True, text=True, timeout=300)
+    assert trial.returncode == 0, trial.stderr[-3000:]
+    assert f"data from the cache {cache}" in trial.stderr
+    result = json.loads(trial.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(float(best["accuracy"]), abs=1e-6)
+    assert result["accuracy_before_recalibration"] == pytest.approx(float(best["accuracy_before_recalibration"]),
+                                                                    abs=1e-6)
+
+
+def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digits_checkpoint, tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 0}\n")
+    done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+                           *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=venv_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"{config}: tuner.classArgs: max_epochs must be a positive integer" in done.stderr
     assert "Traceback" not in done.stderr
