@@ -8,7 +8,7 @@ import random
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils.flop_counter import FlopCounterMode
 
 from blocks import CHOICE_NAMES, make_block
@@ -203,13 +203,13 @@ def path_network(supernet, architecture):
                                   last_conv_channels=supernet.last_conv_channels, n_classes=supernet.n_classes,
                                   op_flops_path=supernet.op_flops_path, affine=supernet.first_conv[1].affine,
                                   architecture=architecture)
-    state = supernet.state_dict()
+    # clones keep the memory format; only the chosen blocks are read
     chosen = {}
-    for key in net.state_dict():
-        parts = key.split(".")
-        if parts[0] == "features":  # features.<layer>.<rest> is features.<layer>.<choice>.<rest> in the supernet
-            parts.insert(2, str(net.architecture[int(parts[1])]))
-        chosen[key] = state[".".join(parts)].clone()  # clone keeps the memory format
+    for name in ("first_conv", "conv_last", "classifier"):
+        getattr(supernet, name).state_dict(destination=chosen, prefix=f"{name}.", keep_vars=False)
+    for layer, choice in enumerate(net.architecture):
+        supernet.features[layer][choice].state_dict(destination=chosen, prefix=f"features.{layer}.")
+    chosen = {key: value.clone() for key, value in chosen.items()}
     net.load_state_dict(chosen, assign=True)
     net._flops_table = supernet._flops_table
     return net.to(weight.device).eval()
@@ -227,8 +227,10 @@ def fold_batch_norms(model):
         if not isinstance(sequence, nn.Sequential):
             continue
         for i in range(len(sequence) - 1):
-            if isinstance(sequence[i], nn.Conv2d) and isinstance(sequence[i + 1], nn.BatchNorm2d):
-                sequence[i] = fuse_conv_bn_eval(sequence[i], sequence[i + 1])
+            conv, bn = sequence[i], sequence[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
+                                                              bn.running_var, bn.eps, bn.weight, bn.bias)
                 sequence[i + 1] = nn.Identity()
     return model.to(memory_format=memory_format)
 

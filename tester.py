@@ -54,13 +54,14 @@ def write_search_space(path):
 if __name__ == "__main__" and os.environ.get(SEARCH_SPACE_ENV):
     sys.exit(write_search_space(os.environ[SEARCH_SPACE_ENV]))
 
-# Before torch loads OpenMP. Trials: spinning OpenMP threads starve DALI's and other trials' (see supernet.py).
-# The in-process search owns the cores once its data is decoded, and its small per-candidate ops run 1.6x
-# faster with threads that spin instead of sleeping between ops (bench/bench_search.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if "--evolution" in sys.argv[1:] else "PASSIVE")
+# Before torch loads OpenMP: spinning OpenMP threads starve DALI's and other trials' (see supernet.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
+import multiprocessing  # noqa: E402
 import re  # noqa: E402
+import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -99,6 +100,9 @@ def parse_args(argv=None):
                        help="the NNI config whose tuner.classArgs the in-process search uses")
     group.add_argument("--output-dir", default="./search_output",
                        help="the in-process search writes its exports to <output-dir>/checkpoints")
+    group.add_argument("--search-workers", type=int, default=0,
+                       help="processes scoring candidates side by side; 0: one per CPU core without a GPU "
+                            "(small CPU batches do not use many threads well), one on a GPU")
     add_performance_arguments(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -201,10 +205,10 @@ def load_scoring_data(args, device):
 
 
 def search_in_process(args, device):
-    """``EvolutionWithFlops`` driven here, one candidate after the other, on data decoded once and kept in
-    memory: the same exports and table as the nnictl search, without a process per candidate."""
+    """``EvolutionWithFlops`` driven here, without nnictl: each round's candidates are scored by
+    ``--search-workers`` processes (or this one) on data decoded once and kept in memory, and the tuner
+    writes the same exports and table as in the nnictl search."""
     import yaml
-
     from nni import NoMoreTrialError
 
     from tuner import EvolutionWithFlops
@@ -219,39 +223,87 @@ def search_in_process(args, device):
         tuner = EvolutionWithFlops(**tuner_args)
     except (TypeError, ValueError) as e:
         raise UserError(f"{args.search_config}: tuner.classArgs: {e}") from None
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    if args.search_workers < 0:
+        raise UserError(f"--search-workers must be 0 (automatic) or more, got {args.search_workers}")
+    workers = args.search_workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
+    if not os.path.isfile(args.checkpoint):
+        raise UserError(f"{args.checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
     started = time.perf_counter()
-    train, val, classes, source = load_scoring_data(args, device)
-    logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", len(train),
-                sum(len(labels) for _, labels in val), len(classes), source, time.perf_counter() - started)
-    model = load_supernet(checkpoint, args.input_size, len(classes), device, args.channels_last)
-    autocast_dtype = compute_dtype(args.precision, device)
+    with tempfile.TemporaryDirectory(prefix="spos_scoring_") as scratch_cache:
+        if workers > 1 and not args.cache_dir:
+            args.cache_dir = scratch_cache  # the workers load the tensors this process decodes
+        train, val, classes, source = load_scoring_data(args, device)
+        logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", len(train),
+                    sum(len(labels) for _, labels in val), len(classes), source, time.perf_counter() - started)
+        # loaded here also when workers score: a checkpoint that does not fit is reported once, clearly
+        model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
+        if workers == 1:
+            _scorer.update(model=model, train=train, val=val, train_iters=args.train_iters,
+                           autocast_dtype=compute_dtype(args.precision, device))
+            pool = None
+        else:
+            del model, train, val
+            threads = max(1, torch.get_num_threads() // workers)
+            pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_scorer,
+                initargs=(args, device, threads))
+            logger.info("scoring with %d worker processes of %d thread(s) each", workers, threads)
+        try:
+            count, elapsed = _run_evolution(tuner, pool, NoMoreTrialError)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    logger.info("in-process search: %d candidates in %.1f s (%.0f candidates per hour); exports in %s",
+                count, elapsed, count / elapsed * 3600, tuner.checkpoint_dir)
+    return {"candidates": count, "seconds": elapsed, "output_dir": tuner.checkpoint_dir}
 
+
+def _run_evolution(tuner, pool, no_more_trials):
+    """Hand each round's candidates to the scorer (all at once to a pool), feed the results back in the
+    order of the candidates (so a search gives the same table whatever the number of workers)."""
     started = time.perf_counter()
     tuner.update_search_space(search_space())
     parameter_id = 0
-    while True:
-        try:
-            parameters = tuner.generate_parameters(parameter_id)
-        except NoMoreTrialError:
-            if tuner.finished:
+    while not tuner.finished:
+        requests = []
+        while True:
+            try:
+                requests.append((parameter_id, tuner.generate_parameters(parameter_id)))
+            except no_more_trials:
                 break
-            raise RuntimeError("the tuner waits for results it was given") from None
-        architecture = candidate_from_parameters(parameters)
-        try:
-            result = evaluate_candidate(model, architecture, train, val, args.train_iters,
-                                        autocast_dtype=autocast_dtype)
-        except Exception:
-            tuner.trial_end(parameter_id, False)
-            raise
-        tuner.receive_trial_result(parameter_id, parameters, {
-            "default": result["accuracy"], "before_recalibration": result["accuracy_before_recalibration"]},
-            trial_job_id="in-process")
-        parameter_id += 1
-    elapsed = time.perf_counter() - started
-    logger.info("in-process search: %d candidates in %.1f s (%.0f candidates per hour); exports in %s",
-                parameter_id, elapsed, parameter_id / elapsed * 3600, tuner.checkpoint_dir)
-    return {"candidates": parameter_id, "seconds": elapsed, "output_dir": tuner.checkpoint_dir}
+            parameter_id += 1
+        if not requests:
+            raise RuntimeError("the tuner has no candidate to hand out and is not finished")
+        candidates = [candidate_from_parameters(parameters) for _, parameters in requests]
+        results = pool.map(_score, candidates) if pool is not None else map(_score, candidates)
+        for (request_id, parameters), candidate, (accuracy, before) in zip(requests, candidates, results):
+            logger.info("candidate %d: %s  accuracy %.4f (before BN recalibration %.4f)", request_id,
+                        " ".join(map(str, candidate)), accuracy, before)
+            tuner.receive_trial_result(request_id, parameters, {"default": accuracy, "before_recalibration": before},
+                                       trial_job_id="in-process")
+    return parameter_id, time.perf_counter() - started
+
+
+_scorer = {}
+
+
+def _start_scorer(args, device, threads):
+    """Set up a worker process to score candidates: the supernet, and the data from the cache the search
+    process wrote."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # see main
+    setup_logging(quiet=True)
+    train, val, classes, _ = load_scoring_data(args, device)
+    _scorer.update(model=load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last),
+                   train=train, val=val, train_iters=args.train_iters,
+                   autocast_dtype=compute_dtype(args.precision, device))
+
+
+def _score(architecture):
+    result = evaluate_candidate(_scorer["model"], architecture, _scorer["train"], _scorer["val"],
+                                _scorer["train_iters"], autocast_dtype=_scorer["autocast_dtype"])
+    return result["accuracy"], result["accuracy_before_recalibration"]
 
 
 def _process_started():

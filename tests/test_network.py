@@ -269,3 +269,30 @@ def test_flops_binned_sampler_draws_paths_in_the_scaled_bins(supernet):
     rng = random.Random(1)
     share = sum(supernet.get_candidate_flops(random_architecture(rng)) <= 330e6 for _ in range(2000)) / 2000
     assert 0.55 < share < 0.63
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_path_network_and_folded_bn_compute_what_the_supernet_path_computes(channels_last):
+    torch.manual_seed(0)
+    supernet = network.ShuffleNetV2OneShot(input_size=64, n_classes=10)
+    with torch.no_grad():  # BN statistics of a few batches, so that folding has something to fold
+        supernet.train()
+        for _ in range(3):
+            supernet(torch.randn(16, 3, 64, 64) * 3 + 1, FINAL_ARCHITECTURE)
+    supernet.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    supernet.to(memory_format=memory_format)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    x = torch.randn(8, 3, 64, 64)
+    expected = supernet(x, FINAL_ARCHITECTURE)
+
+    path = network.path_network(supernet, FINAL_ARCHITECTURE)
+    assert path.architecture == FINAL_ARCHITECTURE and not path.training
+    assert sum(p.numel() for p in path.parameters()) < sum(p.numel() for p in supernet.parameters()) / 2
+    torch.testing.assert_close(path(x), expected)
+    folded = network.fold_batch_norms(path)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert folded.first_conv[0].weight.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
+    for key, value in supernet.state_dict().items():  # the supernet keeps its weights and statistics
+        assert torch.equal(value, before[key]), key

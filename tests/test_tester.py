@@ -224,10 +224,10 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
     out, cache = tmp_path / "out", tmp_path / "cache"
     common = [*digits_args(digits_dir, digits_checkpoint), "--loader", "torch", "--cache-dir", str(cache)]
     done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
-                           "--output-dir", str(out), *common], cwd=REPO, env=venv_env(), capture_output=True,
-                          text=True, timeout=600)
+                           "--output-dir", str(out), "--search-workers", "2", *common], cwd=REPO, env=venv_env(),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "in-process search: 8 candidates" in done.stderr
+    assert "scoring with 2 worker processes" in done.stderr and "in-process search: 8 candidates" in done.stderr
     exports = out / "checkpoints"
     with open(exports / "candidates.csv") as f:
         rows = list(csv.DictReader(f))
@@ -239,6 +239,14 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
     best = max(rows, key=lambda r: float(r["accuracy"]))
     best_file = exports / "architecture_final.json"
     assert " ".join(map(str, load_architecture(str(best_file)))) == best["choices"]
+
+    # one process instead of a worker per core: the same search, row for row
+    single = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+                             "--output-dir", str(tmp_path / "single"), "--search-workers", "1", *common], cwd=REPO,
+                            env=venv_env(), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert (tmp_path / "single" / "checkpoints" / "candidates.csv").read_text() == \
+        (exports / "candidates.csv").read_text()
 
     # one trial of the nnictl path, on the same cached data, gives the same numbers
     trial = subprocess.run([sys.executable, "tester.py", "--fixed-arc", str(best_file), *common], cwd=REPO,

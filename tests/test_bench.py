@@ -1,0 +1,130 @@
+"""bench/: the GPU check (run on this CPU with tiny settings), its shell wrapper, and the data-loading
+benchmark on generated JPEGs."""
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_CHECK = os.path.join(REPO, "bench", "gpu_check.py")
+GPU_CHECK_SH = os.path.join(REPO, "bench", "gpu_check.sh")
+BENCH_DATA = os.path.join(REPO, "bench", "bench_data.py")
+TINY_GPU_CHECK = ["--device", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--input-size", "64"]
+TINY_DATA = ["--images", "16", "--classes", "2", "--batch-size", "4", "--batches", "2", "--workers", "1"]
+TRAINING_CONFIGS = ["fp32 contiguous", "fp32 channels-last", "bf16 contiguous", "bf16 channels-last"]
+SCORING_CONFIGS = ["fp32 contiguous", "bf16 channels-last"]
+
+
+def run(*command, cwd=REPO, env=None, timeout=120):
+    return subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def table_rows(text):
+    """The cells of each body row of the Markdown table in ``text``."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ")]
+    return rows[1:]  # without the header
+
+
+def ratio_agrees(printed, numerator, denominator, denominator_rounding=0.5):
+    """Whether a printed ratio ``1.23x`` is numerator / denominator, both read from the table: the script
+    divides the unrounded rates and prints rates as whole numbers."""
+    ratio = float(printed.rstrip("x"))
+    low = (numerator - 0.5) / (denominator + denominator_rounding)
+    high = (numerator + 0.5) / (denominator - denominator_rounding)
+    return low - 0.005 <= ratio <= high + 0.005
+
+
+def test_gpu_check_on_cpu_writes_every_row(tmp_path):
+    output = tmp_path / "result.md"
+    result = run(sys.executable, GPU_CHECK, *TINY_GPU_CHECK, "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert text in result.stdout  # what is written is what was printed
+    rows = table_rows(text)
+    assert [(what, config) for what, config, _, _ in rows] == (
+        [("supernet training", c) for c in TRAINING_CONFIGS]
+        + [("scoring: BN recalibration (train mode, no grad)", c) for c in SCORING_CONFIGS]
+        + [("scoring: evaluation (BN folded)", c) for c in SCORING_CONFIGS])
+    for what, config, rate, ratio in rows:
+        assert float(rate.replace(",", "")) > 0 and float(ratio.rstrip("x")) > 0
+        if config == "fp32 contiguous":
+            assert ratio == "1.00x"
+    import torch
+    assert f"device: CPU ({os.cpu_count()} cores); torch {torch.__version__}" in text
+    assert "64x64, 1,000 classes, batch 4" in text
+    goal = [line for line in text.splitlines() if line.startswith("goal:")]
+    assert len(goal) == 1 and goal[0].startswith("goal: >= 10,000 img/s supernet training on one H100: not met")
+
+
+def test_gpu_check_without_cuda_is_one_clear_error():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even where there is one
+    result = run(sys.executable, GPU_CHECK, "--steps", "1", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert result.stderr.startswith("error: --device cuda: no CUDA GPU is available here")
+    assert "--device cpu" in result.stderr
+
+
+def test_gpu_check_sh_passes_its_arguments_through(tmp_path):
+    assert run("bash", "-n", GPU_CHECK_SH).returncode == 0
+    env = {**os.environ, "PYTHON": sys.executable}
+    usage = run("bash", GPU_CHECK_SH, env=env)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    # the result file is relative to the caller's folder; the options after it reach gpu_check.py
+    result = run("bash", GPU_CHECK_SH, "result.md", "--device", "cpu", "--steps", "1", "--warmup", "0",
+                 "--batch-size", "2", "--input-size", "32", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "result.md").read_text()
+    assert "32x32, 1,000 classes, batch 2" in text and len(table_rows(text)) == 8
+
+
+def test_bench_data_times_both_loaders_on_photo_sized_jpegs(tmp_path):
+    data_dir, output = tmp_path / "data", tmp_path / "data_loading.md"
+    result = run(sys.executable, BENCH_DATA, *TINY_DATA, "--train-images-per-s", "10", "--data-dir", str(data_dir),
+                 "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert text in result.stdout
+    assert "Training consumes 10.0 images/s (given (--train-images-per-s))" in text
+    rows = table_rows(text)
+    assert [(loader, split) for loader, split, *_ in rows] == [
+        ("DALI (CPU decoding)", "train"), ("torchvision", "train"), ("DALI (CPU decoding)", "val"),
+        ("torchvision", "val")]
+    rates = {(loader, split): float(rate.replace(",", "")) for loader, split, rate, *_ in rows}
+    for loader, split, rate, versus_torch, versus_training in rows:
+        rate = float(rate.replace(",", ""))
+        assert rate > 0
+        assert ratio_agrees(versus_torch, rate, rates["torchvision", split])
+        assert ratio_agrees(versus_training, rate, 10, denominator_rounding=0)
+    # the images kept in --data-dir: ImageNet-sized JPEGs, about as large as ImageNet's files
+    for split in ("train", "val"):
+        files = [os.path.join(d, f) for d, _, names in os.walk(data_dir / split) for f in names]
+        assert len(files) == 16 and len(os.listdir(data_dir / split)) == 2
+        for path in files:
+            with Image.open(path) as image:
+                assert image.format == "JPEG" and max(image.size) == 500 and 280 <= min(image.size) <= 500
+        assert sum(os.path.getsize(f) for f in files) / len(files) > 50_000
+
+
+def test_bench_data_measures_training_and_times_torchvision_without_dali(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import bench_data
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))
+    monkeypatch.setattr(bench_data, "dali_available", lambda: False)
+    rates = bench_data.main([*TINY_DATA, "--input-size", "64", "--train-steps", "1", "--data-dir", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert set(rates) == {("torch", "train"), ("torch", "val")}
+    assert "(measured: supernet, 64x64, batch 4, 1,000 classes, fp32 channels-last" in text
+    assert [row[:2] for row in table_rows(text)] == [["torchvision", "train"], ["torchvision", "val"]]
+    assert "- DALI: not installed" in text
+
+
+def test_bench_data_refuses_too_few_images():
+    result = run(sys.executable, BENCH_DATA, "--images", "8", "--batch-size", "4", "--batches", "2",
+                 "--workers", "1")
+    assert result.returncode == 2 and "--images 8 is fewer than the 12" in result.stderr
