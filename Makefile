@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test demo clean
+.PHONY: install data test demo bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+
+# The CPU benchmarks of README's Performance section (about 8 minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python bench/bench_model.py
+	$(BIN)/python bench/bench_data.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_search.py
 
 clean:
 	rm -rf checkpoints scratch_checkpoints runs nni-experiments search_output demo_output data/digits data/cache

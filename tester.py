@@ -248,6 +248,8 @@ def search_in_process(args, device):
             pool = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_scorer,
                 initargs=(args, device, threads))
+            for _ in range(workers):  # start them now: they load while this process prepares the tuner
+                pool.submit(os.getpid)
             logger.info("scoring with %d worker processes of %d thread(s) each", workers, threads)
         try:
             count, elapsed = _run_evolution(tuner, pool, NoMoreTrialError)

@@ -5,7 +5,7 @@ one process), side by side in one run; and where one nnictl trial's time goes.
 Both are timed by the wall clock from the command to the last scored candidate, start-up included. The
 supernet is an untrained one (speed does not depend on the weights) unless --checkpoint names one.
 
-    python bench/bench_search.py                      # 2 rounds of 10 candidates each way: about 4 minutes
+    python bench/bench_search.py                      # 4 rounds of 10 candidates each way: about 5 minutes
 """
 import os
 import sys
@@ -33,8 +33,8 @@ TRIAL_PARTS = ("start-up", "data", "checkpoint load", "evaluation before", "BN r
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--population", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=None, help="default: config_search_cpu.yml's (4)")
+    parser.add_argument("--population", type=int, default=None, help="default: config_search_cpu.yml's (10)")
     parser.add_argument("--checkpoint", default=None, help="a digits supernet (default: an untrained one)")
     parser.add_argument("--output", default=None, help="also write the tables here (Markdown)")
     return parser.parse_args(argv)
@@ -78,11 +78,12 @@ def main(argv=None):
         checkpoint = os.path.join(work, "supernet", "epoch_1.pth.tar")
         os.makedirs(os.path.dirname(checkpoint))
         torch.save({"state_dict": ShuffleNetV2OneShot(input_size=32, n_classes=10).state_dict()}, checkpoint)
-    candidates = args.rounds * args.population
+    tuner_args = config["tuner"]["classArgs"]
+    rounds, population = args.rounds or tuner_args["max_epochs"], args.population or tuner_args["num_population"]
 
     # nnictl, as the demo runs it (config_search_cpu.yml, rounds and population overridden alike)
     runner = demo.Demo(demo.parse_args(["--output-dir", os.path.join(work, "nnictl"), "--search-rounds",
-                                        str(args.rounds), "--search-population", str(args.population)]))
+                                        str(rounds), "--search-population", str(population)]))
     os.makedirs(os.path.join(runner.out, "logs"))
     try:
         search_dir = runner.search(os.path.dirname(checkpoint))
@@ -108,7 +109,7 @@ def main(argv=None):
 
     nnictl_rate = nnictl_scored / nnictl_seconds * 3600
     in_process_rate = in_process_scored / in_process_seconds * 3600
-    lines = [f"### search on digits: {args.rounds} rounds x {args.population} candidates, "
+    lines = [f"### search on digits: {rounds} rounds x {population} candidates, "
              f"{os.cpu_count()} CPU cores, settings of config_search_cpu.yml", "",
              "| search | candidates scored | wall clock (s) | candidates/hour | ratio |", "|---|---:|---:|---:|---:|",
              f"| nnictl create (a process per candidate, 2 at a time) | {nnictl_scored} | {nnictl_seconds:.1f} | "

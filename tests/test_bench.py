@@ -128,3 +128,50 @@ def test_bench_data_refuses_too_few_images():
     result = run(sys.executable, BENCH_DATA, "--images", "8", "--batch-size", "4", "--batches", "2",
                  "--workers", "1")
     assert result.returncode == 2 and "--images 8 is fewer than the 12" in result.stderr
+
+
+def test_bench_model_compares_with_the_plain_yardstick(tmp_path):
+    output = tmp_path / "model.md"
+    done = run(sys.executable, os.path.join(REPO, "bench", "bench_model.py"), "--input-size", "64", "--batch-size",
+               "4", "--train-steps", "2", "--candidates", "1", "--recalibration-batches", "2", "--val-batches", "1",
+               "--output", str(output), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [row for row in table_rows(output.read_text()) if row[1] != "images/s"]  # two tables, two headers
+    names = [row[0] for row in rows]
+    assert len(rows) == 6 and names.count("plain eager fp32 (yardstick)") == 2  # training and scoring
+    assert all(float(row[1]) > 0 for row in rows)
+    assert all(row[2] == "1.00x" for row in rows if row[0].startswith("plain"))
+
+
+def test_plain_yardstick_is_the_same_network():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import torch
+
+    import network
+    from plain_shufflenet import PlainSupernet
+
+    torch.manual_seed(0)
+    model = network.ShuffleNetV2OneShot(input_size=64, n_classes=1000).eval()
+    plain = PlainSupernet().eval()
+    plain.load_state_dict(model.state_dict())  # the official module names, strictly
+    x = torch.randn(2, 3, 64, 64)
+    for architecture in ((0,) * 20, (3,) * 20, (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)):
+        torch.testing.assert_close(plain(x, architecture), model(x, architecture))
+
+
+def test_bench_search_reads_the_trials_timing_lines(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import bench_search
+
+    for trial, total in (("a", 6.0), ("b", 8.0)):
+        log = tmp_path / "environments" / "local-env" / "trials" / trial / "trial.stderr"
+        log.parent.mkdir(parents=True)
+        log.write_text(f"[...] INFO (spos) timing (s): start-up 3.0, data 0.4, checkpoint load 0.3, evaluation "
+                       f"before 1.5, BN recalibration 0.7, evaluation after 0.1, total {total}\n")
+    means, count = bench_search.trial_breakdown(str(tmp_path))
+    assert count == 2 and means["total"] == 7.0 and means["BN recalibration"] == 0.7
+    config = {"trialCommand": "OMP_NUM_THREADS=1 python tester.py --imagenet-dir data/digits --checkpoint "
+                              "checkpoints --train-iters 20"}
+    command = bench_search.in_process_command(config, "/ckpt", "search.yml", "/out")
+    assert command[1:] == ["tester.py", "--evolution", "--search-config", "search.yml", "--output-dir", "/out",
+                           "--imagenet-dir", "data/digits", "--checkpoint", "/ckpt", "--train-iters", "20"]
