@@ -32,6 +32,7 @@ from torch import nn  # noqa: E402
 
 from dataloader import ImageFolderLoader, dali_available  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402
+from report import emit, markdown_table  # noqa: E402
 from utils import (UserError, compute_dtype, make_lr_scheduler, make_optimizer, prepare_model,  # noqa: E402
                    run_main, scaled_learning_rate, train_one_epoch)
 
@@ -150,12 +151,6 @@ def measure_training(batch_size, input_size, num_classes, steps, seed):
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def run(args, root):
     if os.path.isdir(os.path.join(root, "train")):
         print(f"reading the images already in {root}", file=sys.stderr)
@@ -225,11 +220,7 @@ def run(args, root):
     ]
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    emit("\n".join(lines), args.output)
     return rates
 
 

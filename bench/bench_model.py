@@ -24,6 +24,7 @@ from torch import nn  # noqa: E402
 
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402
 from plain_shufflenet import PlainSupernet, plain_score, plain_train_step  # noqa: E402
+from report import emit  # noqa: E402
 from tester import evaluate_candidate  # noqa: E402
 from utils import get_device, make_lr_scheduler, make_optimizer, prepare_model, train_one_epoch  # noqa: E402
 
@@ -146,10 +147,7 @@ def main(argv=None):
                         table(f"supernet training ({args.train_steps} steps)", train_rates),
                         table(f"candidate scoring ({args.candidates} candidates: {args.recalibration_batches} "
                               f"recalibration + 2 x {args.val_batches} evaluation batches each)", score_rates)])
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit(text, args.output)
 
 
 if __name__ == "__main__":

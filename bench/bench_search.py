@@ -26,6 +26,7 @@ import yaml  # noqa: E402
 
 import demo  # noqa: E402
 from network import ShuffleNetV2OneShot  # noqa: E402
+from report import emit  # noqa: E402
 
 TRIAL_PARTS = ("start-up", "data", "checkpoint load", "evaluation before", "BN recalibration", "evaluation after",
                "total")
@@ -119,11 +120,7 @@ def main(argv=None):
              f"### one nnictl trial, mean of {trials} (s)", "",
              "| " + " | ".join(TRIAL_PARTS) + " |", "|" + "---:|" * len(TRIAL_PARTS),
              "| " + " | ".join(f"{breakdown[part]:.2f}" for part in TRIAL_PARTS) + " |"]
-    text = "\n".join(lines)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

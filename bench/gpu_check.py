@@ -26,6 +26,7 @@ from torch import nn  # noqa: E402
 from network import (NUM_CHOICES, NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot,  # noqa: E402
                      fold_batch_norms, path_network)
 from tester import recalibrate_bn  # noqa: E402
+from report import emit, markdown_table  # noqa: E402
 from utils import (UserError, compute_dtype, evaluate, make_lr_scheduler, make_optimizer, prepare_model,  # noqa: E402
                    run_main, scaled_learning_rate, train_one_epoch)
 
@@ -133,12 +134,6 @@ def time_scoring(args, device, batches, precision, channels_last):
     return images / (recalibrated - started), images / (evaluated - recalibrated)
 
 
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def config_name(precision, channels_last):
     return f"{precision} {'channels-last' if channels_last else 'contiguous'}"
 
@@ -188,11 +183,7 @@ def main(argv=None):
         f"goal: >= {GOAL_IMAGES_PER_S:,} img/s supernet training on one H100: {'met' if goal_met else 'not met'} "
         f"(best {best:,.0f} img/s, {best_name}, {where})",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    emit("\n".join(lines), args.output)
     return training
 
 
