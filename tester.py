@@ -70,7 +70,7 @@ from dataloader import cycle_batches, scoring_batches  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network  # noqa: E402
 from utils import (UserError, add_data_arguments, add_performance_arguments, autocast, compute_dtype,  # noqa: E402
                    evaluate, get_device, load_architecture, logger, parse_architecture, prepare_model, run_main,
-                   set_seed, setup_logging)
+                   save_args, set_seed, setup_logging)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
@@ -229,6 +229,7 @@ def search_in_process(args, device):
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     if not os.path.isfile(args.checkpoint):
         raise UserError(f"{args.checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
+    save_args(argparse.Namespace(**vars(args), tuner=tuner_args, resolved_search_workers=workers), args.output_dir)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="spos_scoring_") as scratch_cache:
         if workers > 1 and not args.cache_dir:

@@ -228,6 +228,8 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scoring with 2 worker processes" in done.stderr and "in-process search: 8 candidates" in done.stderr
+    resolved = json.loads((out / "args.json").read_text())  # the run's arguments, next to its outputs
+    assert resolved["tuner"]["num_population"] == 4 and resolved["resolved_search_workers"] == 2
     exports = out / "checkpoints"
     with open(exports / "candidates.csv") as f:
         rows = list(csv.DictReader(f))
