@@ -30,6 +30,9 @@ DATA = os.path.join(ROOT, "data", "digits")
 SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
 # TUNER_NO_MORE_TRIAL also shows while the tuner holds requests until a round's last trials end
 FINISHED = ("DONE", "STOPPED", "ERROR")
+# written into the output folder, so that a rerun only ever replaces a folder an earlier demo wrote
+DEMO_MARKER = ".spos_demo_output"
+DEFAULT_OUTPUT = os.path.join(ROOT, "demo_output")  # gitignored, and earlier demos wrote it without the marker
 
 
 def parse_args(argv=None):
@@ -42,7 +45,7 @@ def parse_args(argv=None):
                         help="evolution rounds (default: config_search_cpu.yml's)")
     parser.add_argument("--search-population", type=int, default=None,
                         help="candidates a round (default: config_search_cpu.yml's)")
-    parser.add_argument("--output-dir", default=os.path.join(ROOT, "demo_output"),
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT,
                         help="where everything the demo writes goes (replaced on each run)")
     return parser.parse_args(argv)
 
@@ -94,9 +97,16 @@ class Demo:
 
     def main(self):
         args = self.args
-        if os.path.exists(self.out):
+        marker = os.path.join(self.out, DEMO_MARKER)
+        if os.path.isdir(self.out) and os.listdir(self.out):
+            if not os.path.exists(marker) and self.out != DEFAULT_OUTPUT:  # never wipe a folder it did not write
+                raise UserError(f"--output-dir {self.out}: exists and is not a demo output folder (no {DEMO_MARKER}); "
+                                f"pick a new or empty folder")
             shutil.rmtree(self.out)
-        os.makedirs(os.path.join(self.out, "logs"))
+        elif os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise UserError(f"--output-dir {self.out}: exists and is not a folder")
+        os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+        open(marker, "w").close()
         started = time.perf_counter()
 
         if not os.path.isdir(os.path.join(DATA, "val")):

@@ -21,10 +21,10 @@ from torch import nn  # noqa: E402
 import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
-from utils import (UserError, add_data_arguments, add_optimisation_arguments, add_performance_arguments, compute_dtype,
-                   prepare_model, accuracy, evaluate, get_device, load_architecture, logger, make_lr_scheduler,  # noqa: E402
-                   make_optimizer, resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed,
-                   setup_logging, train_one_epoch, write_architecture)
+from utils import (UserError, accuracy, add_data_arguments, add_optimisation_arguments,  # noqa: E402
+                   add_performance_arguments, compute_dtype, evaluate, get_device, load_architecture, logger,
+                   make_lr_scheduler, make_optimizer, prepare_model, resume_training, run_main, save_args,
+                   save_epoch, scaled_learning_rate, set_seed, setup_logging, train_one_epoch, write_architecture)
 
 STATE_FILE = "training_state.pth.tar"
 PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000

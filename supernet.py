@@ -18,8 +18,8 @@ from torch import nn  # noqa: E402
 import distributed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, add_data_arguments, add_optimisation_arguments, add_performance_arguments, compute_dtype,
-                   prepare_model, evaluate, get_device, logger, make_lr_scheduler, make_optimizer,  # noqa: E402
+from utils import (UserError, add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
+                   compute_dtype, evaluate, get_device, logger, make_lr_scheduler, make_optimizer, prepare_model,
                    resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed, setup_logging,
                    train_one_epoch)
 

@@ -66,7 +66,7 @@ import tempfile  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dataloader import cycle_batches, scoring_batches  # noqa: E402
+from dataloader import cycle_batches, scoring_batches, scoring_loaders  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network  # noqa: E402
 from utils import (UserError, add_data_arguments, add_performance_arguments, autocast, compute_dtype,  # noqa: E402
                    evaluate, get_device, load_architecture, logger, parse_architecture, prepare_model, run_main,
@@ -196,12 +196,27 @@ def candidate_from_parameters(parameters):
     return parse_architecture(parameters, "candidate from the tuner")
 
 
-def load_scoring_data(args, device):
-    """The recalibration batches and the val set, decoded once (or loaded from ``--cache-dir``)."""
-    return scoring_batches(args.imagenet_dir, train_batch_size=args.train_batch_size, train_iters=args.train_iters,
-                           test_batch_size=args.test_batch_size, input_size=args.input_size,
-                           spos_preprocessing=args.spos_preprocessing, workers=args.workers, backend=args.loader,
-                           device=device, seed=args.seed, cache_dir=args.cache_dir)
+def load_scoring_data(args, device, keep):
+    """The recalibration batches and the val set as ``(train, val, classes, source)``: decoded once and kept
+    (``keep``, or with ``--cache-dir``: from or into the cache file), else loaders that decode as they go, so
+    a trial needs memory for one batch, not for the whole val set."""
+    if keep or args.cache_dir:
+        return scoring_batches(args.imagenet_dir, train_batch_size=args.train_batch_size,
+                               train_iters=args.train_iters, test_batch_size=args.test_batch_size,
+                               input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                               workers=args.workers, backend=args.loader, device=device, seed=args.seed,
+                               cache_dir=args.cache_dir)
+    train_loader, val_loader = scoring_loaders(args.imagenet_dir, train_batch_size=args.train_batch_size,
+                                               test_batch_size=args.test_batch_size, input_size=args.input_size,
+                                               spos_preprocessing=args.spos_preprocessing, workers=args.workers,
+                                               backend=args.loader, device=device, seed=args.seed)
+    return train_loader, val_loader, train_loader.classes, f"{train_loader.backend} loader, decoded as used"
+
+
+def _log_scoring_data(train, val, classes, source, train_iters, seconds):
+    val_images = val.num_images if hasattr(val, "num_images") else sum(len(labels) for _, labels in val.batches)
+    logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", train_iters, val_images,
+                len(classes), source, seconds)
 
 
 def search_in_process(args, device):
@@ -234,9 +249,8 @@ def search_in_process(args, device):
     with tempfile.TemporaryDirectory(prefix="spos_scoring_") as scratch_cache:
         if workers > 1 and not args.cache_dir:
             args.cache_dir = scratch_cache  # the workers load the tensors this process decodes
-        train, val, classes, source = load_scoring_data(args, device)
-        logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", len(train),
-                    sum(len(labels) for _, labels in val), len(classes), source, time.perf_counter() - started)
+        train, val, classes, source = load_scoring_data(args, device, keep=True)
+        _log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - started)
         # loaded here also when workers score: a checkpoint that does not fit is reported once, clearly
         model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
         if workers == 1:
@@ -297,7 +311,7 @@ def _start_scorer(args, device, threads):
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # see main
     setup_logging(quiet=True)
-    train, val, classes, _ = load_scoring_data(args, device)
+    train, val, classes, _ = load_scoring_data(args, device, keep=True)
     _scorer.update(model=load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last),
                    train=train, val=val, train_iters=args.train_iters,
                    autocast_dtype=compute_dtype(args.precision, device))
@@ -326,6 +340,8 @@ def main(argv=None):
                         f"{args.train_iters}, {args.train_batch_size}, {args.test_batch_size}")
 
     if args.evolution:
+        if args.fixed_arc:
+            raise UserError("--evolution searches and --fixed-arc scores one architecture: give one of them")
         device = get_device(args.device)
         torch.set_flush_denormal(True)  # see below
         set_seed(args.seed)
@@ -350,10 +366,9 @@ def main(argv=None):
     torch.set_flush_denormal(True)
 
     started = time.perf_counter()
-    train, val, classes, source = load_scoring_data(args, device)
+    train, val, classes, source = load_scoring_data(args, device, keep=False)
     seconds["data"] = time.perf_counter() - started
-    logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", len(train),
-                sum(len(labels) for _, labels in val), len(classes), source, seconds["data"])
+    _log_scoring_data(train, val, classes, source, args.train_iters, seconds["data"])
 
     started = time.perf_counter()
     model = load_supernet(checkpoint, args.input_size, len(classes), device, args.channels_last)

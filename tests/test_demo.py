@@ -79,3 +79,13 @@ def test_ctrl_c_during_the_search_stops_the_experiment(tmp_path):
     assert process.returncode == 130, "".join(output[-20:]) + rest
     assert "interrupted" in rest and "stopped NNI experiment" in rest
     assert_experiment_stopped(port)
+
+
+def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "notes.txt"
+    precious.write_text("a week of work")
+    done = subprocess.run([sys.executable, "demo.py", "--output-dir", str(tmp_path)], cwd=REPO, env=venv_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"--output-dir {tmp_path}: exists and is not a demo output folder" in done.stderr
+    assert precious.read_text() == "a week of work"

@@ -204,6 +204,7 @@ def test_fixed_arc_runs_standalone_and_prints_the_result(digits_dir, digits_chec
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["accuracy_before_recalibration"] <= 1.0
     assert set(result["seconds"]) >= {"start_up", "data", "checkpoint_load", "recalibration", "evaluation_after"}
     assert "timing (s): start-up" in done.stderr
+    assert "decoded as used" in done.stderr  # without --cache-dir a trial streams: no whole val set in memory
 
 
 def test_wrong_checkpoint_is_one_clear_line(digits_dir, tmp_path):
@@ -270,3 +271,7 @@ def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digit
     assert done.returncode == 2
     assert f"{config}: tuner.classArgs: max_epochs must be a positive integer" in done.stderr
     assert "Traceback" not in done.stderr
+    both = subprocess.run([sys.executable, "tester.py", "--evolution", "--fixed-arc", "architecture_final.json",
+                           *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=venv_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "give one of them" in both.stderr and "Traceback" not in both.stderr
