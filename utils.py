@@ -228,16 +228,21 @@ class AverageMeter:
         return self.sum / max(self.count, 1)
 
 
+def correct_counts(output, target, topk=(1, 5)):
+    """How many of the batch have their label among the top-k predictions: a float tensor on output's device."""
+    maxk = min(max(topk), output.shape[1])
+    correct = output.topk(maxk, 1).indices.eq(target.view(-1, 1))
+    return torch.stack([correct[:, :min(k, maxk)].any(1).sum() for k in topk]).float()
+
+
 def accuracy(output, target, topk=(1, 5)):
     """Fractions of the batch whose label is among the top-k predictions."""
-    maxk = min(max(topk), output.shape[1])
-    pred = output.topk(maxk, 1).indices
-    correct = pred.eq(target.view(-1, 1))
-    return [correct[:, :min(k, maxk)].any(1).float().mean().item() for k in topk]
+    return (correct_counts(output, target, topk) / target.shape[0]).tolist()
 
 
 def _progress(iterable, total, description, log_frequency):
-    """A tqdm bar on a terminal; otherwise (logs, CI) the caller logs every ``log_frequency`` steps."""
+    """A tqdm bar on a terminal (the caller refreshes its figures every ``log_frequency`` steps); otherwise
+    (logs, CI) the caller logs a line every ``log_frequency`` steps."""
     if sys.stderr.isatty():
         from tqdm import tqdm
         return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True), True
@@ -250,11 +255,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, num_e
     blocks off that path get no gradient and so no update, momentum or weight decay at all. With
     ``autocast_dtype`` (bf16) the forward runs in it; weights, gradients and the update stay fp32."""
     model.train()
-    loss_meter, top1_meter, top5_meter = AverageMeter(), AverageMeter(), AverageMeter()
     steps = len(loader)
     batches, has_bar = _progress(loader, steps, f"epoch {epoch + 1}/{num_epochs}", log_frequency)
     start = time.perf_counter()
     images_seen = 0
+    # loss and correct-prediction sums stay on the device: reading one waits for the GPU, so only logging does
+    sums = None
     for step, (images, labels) in enumerate(batches):
         with autocast(images.device, autocast_dtype):
             if sample_architecture is None:
@@ -269,22 +275,21 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, epoch, num_e
 
         n = labels.shape[0]
         images_seen += n
-        top1, top5 = accuracy(output.detach(), labels)
-        loss_meter.update(loss.item(), n)
-        top1_meter.update(top1, n)
-        top5_meter.update(top5, n)
-        speed = images_seen / (time.perf_counter() - start)
-        lr = optimizer.param_groups[0]["lr"]
-        if has_bar:
-            batches.set_postfix(loss=f"{loss_meter.avg:.3f}", top1=f"{top1_meter.avg:.3f}", lr=f"{lr:.4f}",
-                                img_s=f"{speed:.0f}")
-        elif (step + 1) % log_frequency == 0 or step + 1 == steps:
-            logger.info("Epoch [%d/%d] Step [%d/%d]  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  %.0f img/s",
-                        epoch + 1, num_epochs, step + 1, steps, loss_meter.avg, top1_meter.avg, top5_meter.avg,
-                        lr, speed)
+        step_sums = torch.cat([loss.detach().float().reshape(1) * n, correct_counts(output.detach(), labels)])
+        sums = step_sums if sums is None else sums + step_sums
+        if (step + 1) % log_frequency == 0 or step + 1 == steps:
+            loss_avg, top1_avg, top5_avg = (sums / images_seen).tolist()
+            speed = images_seen / (time.perf_counter() - start)
+            lr = optimizer.param_groups[0]["lr"]
+            if has_bar:
+                batches.set_postfix(loss=f"{loss_avg:.3f}", top1=f"{top1_avg:.3f}", lr=f"{lr:.4f}",
+                                    img_s=f"{speed:.0f}")
+            else:
+                logger.info("Epoch [%d/%d] Step [%d/%d]  loss %.4f  top1 %.4f  top5 %.4f  lr %.5f  %.0f img/s",
+                            epoch + 1, num_epochs, step + 1, steps, loss_avg, top1_avg, top5_avg, lr, speed)
     elapsed = max(time.perf_counter() - start, 1e-9)
-    loss_sum, top1_sum, top5_sum, count = _sum_over_processes(
-        [loss_meter.sum, top1_meter.sum, top5_meter.sum, loss_meter.count])
+    totals = sums.tolist() if sums is not None else [0.0, 0.0, 0.0]
+    loss_sum, top1_sum, top5_sum, count = _sum_over_processes([*totals, images_seen])
     count = max(count, 1)
     return {"loss": loss_sum / count, "top1": top1_sum / count, "top5": top5_sum / count,
             "images_per_s": count / elapsed}
