@@ -9,9 +9,8 @@ import random
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-from torch.utils.flop_counter import FlopCounterMode
 
-from blocks import CHOICE_NAMES, make_block
+from blocks import CHOICE_NAMES, PointwiseConv2d, make_block
 from utils import UserError
 
 NUM_LAYERS = 20
@@ -37,10 +36,24 @@ def layer_specs(input_size, first_conv_channels=16):
 
 
 def _count_macs(module, input_shape):
-    """Multiply-adds of convolutions and linear layers, counted by torch on shape-only tensors."""
-    with FlopCounterMode(display=False) as counter:
-        module.eval()(torch.empty(input_shape, device="meta"))
-    return counter.get_total_flops() // 2
+    """Multiply-adds of the convolutions and linear layers of ``module``, counted in one pass over a zero input:
+    each output element of one costs a row of its weight (in channels per group x kernel area, or in features).
+    The same count as torch's FlopCounterMode (tests/test_network.py); a real pass of one small image takes a
+    fraction of the second that loading FlopCounterMode, or running shape-only tensors, costs."""
+    macs = 0
+
+    def count(layer, inputs, output):
+        nonlocal macs
+        macs += output.numel() * layer.weight[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return macs
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -95,7 +108,7 @@ class ShuffleNetV2OneShot(nn.Module):
                                             for c, (inp, oup, mid, stride, _) in zip(self.architecture,
                                                                                    self._layer_specs)))
         self.conv_last = nn.Sequential(
-            nn.Conv2d(STAGE_OUT_CHANNELS[-1], last_conv_channels, 1, 1, 0, bias=False),
+            PointwiseConv2d(STAGE_OUT_CHANNELS[-1], last_conv_channels),
             nn.BatchNorm2d(last_conv_channels, affine=affine),
             nn.ReLU(inplace=True),
         )
@@ -125,6 +138,8 @@ class ShuffleNetV2OneShot(nn.Module):
         return self.classifier(x)
 
     def _initialize_weights(self):
+        if self.first_conv[0].weight.is_meta:
+            return  # no values to set (path_network assigns the weights); on meta it would cost a second
         for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d):
                 std = 0.01 if name.startswith("first") else 1.0 / m.weight.shape[1]
@@ -157,13 +172,17 @@ class ShuffleNetV2OneShot(nn.Module):
         return self._flops_table
 
     def _flops_computed(self):
-        with torch.device("meta"):
+        with torch.device("cpu"):
             stem = _count_macs(nn.Conv2d(3, self.first_conv_channels, 3, 2, 1, bias=False),
                                (1, 3, self.input_size, self.input_size))
-            # a stride-1 block sees the whole input; inp counts only the half entering its main branch
-            per_layer = [[_count_macs(make_block(c, inp, oup, mid, stride, False), (1, inp * (3 - stride), fm, fm))
-                          for c in range(NUM_CHOICES)]
-                         for inp, oup, mid, stride, fm in self._layer_specs]
+            block_macs = {}  # the layers of a stage after its first have the same shapes: count each once
+            for spec in self._layer_specs:
+                if spec not in block_macs:
+                    inp, oup, mid, stride, fm = spec
+                    # a stride-1 block sees the whole input; inp counts only the half entering its main branch
+                    block_macs[spec] = [_count_macs(make_block(c, inp, oup, mid, stride, False),
+                                                    (1, inp * (3 - stride), fm, fm)) for c in range(NUM_CHOICES)]
+            per_layer = [block_macs[spec] for spec in self._layer_specs]
             fm = self.input_size // 32
             rest = (_count_macs(nn.Conv2d(STAGE_OUT_CHANNELS[-1], self.last_conv_channels, 1, bias=False),
                                 (1, STAGE_OUT_CHANNELS[-1], fm, fm))

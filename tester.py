@@ -66,7 +66,7 @@ import tempfile  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dataloader import cycle_batches, scoring_batches, scoring_loaders  # noqa: E402
+from dataloader import cycle_batches, dali_available, scoring_batches, scoring_loaders  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network  # noqa: E402
 from utils import (UserError, add_data_arguments, add_performance_arguments, autocast, compute_dtype,  # noqa: E402
                    evaluate, get_device, load_architecture, logger, parse_architecture, prepare_model, run_main,
@@ -143,6 +143,9 @@ def recalibrate_bn(model, loader, num_batches, log_frequency=0, autocast_dtype=N
     in train mode without gradients. Leaves it in eval mode."""
     reset_bn_stats(model)
     model.train()
+    for m in model.modules():  # dropout comes after the last BN and changes no statistic: skip its masks
+        if isinstance(m, nn.Dropout):
+            m.eval()
     started = time.perf_counter()
     for step, (images, _) in enumerate(cycle_batches(loader, num_batches)):
         with autocast(images.device, autocast_dtype):
@@ -224,9 +227,6 @@ def search_in_process(args, device):
     ``--search-workers`` processes (or this one) on data decoded once and kept in memory, and the tuner
     writes the same exports and table as in the nnictl search."""
     import yaml
-    from nni import NoMoreTrialError
-
-    from tuner import EvolutionWithFlops
 
     try:
         with open(args.search_config) as f:
@@ -234,39 +234,36 @@ def search_in_process(args, device):
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise UserError(f"{args.search_config}: cannot read tuner.classArgs from it ({e})") from None
     tuner_args["output_dir"] = args.output_dir
-    try:
-        tuner = EvolutionWithFlops(**tuner_args)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{args.search_config}: tuner.classArgs: {e}") from None
     if args.search_workers < 0:
         raise UserError(f"--search-workers must be 0 (automatic) or more, got {args.search_workers}")
     workers = args.search_workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     if not os.path.isfile(args.checkpoint):
         raise UserError(f"{args.checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
-    save_args(argparse.Namespace(**vars(args), tuner=tuner_args, resolved_search_workers=workers), args.output_dir)
-    started = time.perf_counter()
+    pool = None
     with tempfile.TemporaryDirectory(prefix="spos_scoring_") as scratch_cache:
-        if workers > 1 and not args.cache_dir:
-            args.cache_dir = scratch_cache  # the workers load the tensors this process decodes
-        train, val, classes, source = load_scoring_data(args, device, keep=True)
-        _log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - started)
-        # loaded here also when workers score: a checkpoint that does not fit is reported once, clearly
-        model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
-        if workers == 1:
-            _scorer.update(model=model, train=train, val=val, train_iters=args.train_iters,
-                           autocast_dtype=compute_dtype(args.precision, device))
-            pool = None
-        else:
-            del model, train, val
-            threads = max(1, torch.get_num_threads() // workers)
-            pool = concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_scorer,
-                initargs=(args, device, threads))
-            for _ in range(workers):  # start them now: they load while this process prepares the tuner
-                pool.submit(os.getpid)
-            logger.info("scoring with %d worker processes of %d thread(s) each", workers, threads)
         try:
+            if workers > 1:
+                if not args.cache_dir:
+                    args.cache_dir = scratch_cache  # the workers load the tensors this process decodes
+                if args.loader == "auto":  # resolved once: importing DALI to find out costs each worker 0.5 s
+                    args.loader = "dali" if dali_available() else "torch"
+                # started first: their seconds of start-up overlap this process's (the tuner, the data)
+                pool = _start_pool(args, device, workers)
+            tuner = _make_tuner(tuner_args, args.search_config)
+            save_args(argparse.Namespace(**vars(args), tuner=tuner_args, resolved_search_workers=workers),
+                      args.output_dir)
+            loading = time.perf_counter()
+            train, val, classes, source = load_scoring_data(args, device, keep=True)
+            _log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - loading)
+            # loaded here also when workers score: a checkpoint that does not fit is reported once, clearly
+            model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
+            if pool is None:
+                _scorer.update(model=model, train=train, val=val, train_iters=args.train_iters,
+                               autocast_dtype=compute_dtype(args.precision, device))
+            else:
+                del model, train, val
+            from nni import NoMoreTrialError
             count, elapsed = _run_evolution(tuner, pool, NoMoreTrialError)
         finally:
             if pool is not None:
@@ -274,6 +271,25 @@ def search_in_process(args, device):
     logger.info("in-process search: %d candidates in %.1f s (%.0f candidates per hour); exports in %s",
                 count, elapsed, count / elapsed * 3600, tuner.checkpoint_dir)
     return {"candidates": count, "seconds": elapsed, "output_dir": tuner.checkpoint_dir}
+
+
+def _make_tuner(tuner_args, search_config):
+    from tuner import EvolutionWithFlops
+
+    try:
+        return EvolutionWithFlops(**tuner_args)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{search_config}: tuner.classArgs: {e}") from None
+
+
+def _start_pool(args, device, workers):
+    threads = max(1, torch.get_num_threads() // workers)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_start_scorer, initargs=(args, device, threads))
+    for _ in range(workers):  # start them now, not at the first candidate
+        pool.submit(os.getpid)
+    logger.info("scoring with %d worker processes of %d thread(s) each", workers, threads)
+    return pool
 
 
 def _run_evolution(tuner, pool, no_more_trials):
@@ -306,18 +322,22 @@ _scorer = {}
 
 
 def _start_scorer(args, device, threads):
-    """Set up a worker process to score candidates: the supernet, and the data from the cache the search
-    process wrote."""
+    """Set up a worker process to score candidates. The supernet and the data (from the cache the search
+    process writes) are loaded at the first candidate, when that cache is sure to be there."""
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # see main
     setup_logging(quiet=True)
-    train, val, classes, _ = load_scoring_data(args, device, keep=True)
-    _scorer.update(model=load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last),
-                   train=train, val=val, train_iters=args.train_iters,
-                   autocast_dtype=compute_dtype(args.precision, device))
+    _scorer.update(args=args, device=device)
 
 
 def _score(architecture):
+    if "model" not in _scorer:
+        args, device = _scorer["args"], _scorer["device"]
+        train, val, classes, _ = load_scoring_data(args, device, keep=True)
+        _scorer.update(model=load_supernet(args.checkpoint, args.input_size, len(classes), device,
+                                           args.channels_last),
+                       train=train, val=val, train_iters=args.train_iters,
+                       autocast_dtype=compute_dtype(args.precision, device))
     result = evaluate_candidate(_scorer["model"], architecture, _scorer["train"], _scorer["val"],
                                 _scorer["train_iters"], autocast_dtype=_scorer["autocast_dtype"])
     return result["accuracy"], result["accuracy_before_recalibration"]

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from blocks import CHOICE_NAMES, ShuffleNetBlock, ShuffleXceptionBlock, channel_shuffle, make_block
+from blocks import (CHOICE_NAMES, PointwiseConv2d, ShuffleNetBlock, ShuffleXceptionBlock, channel_shuffle,
+                    make_block)
 
 
 @pytest.mark.parametrize("affine", [False, True])
@@ -31,17 +32,21 @@ def test_block_kinds_and_kernels(choice, kernel):
     assert block.branch_proj[0].kernel_size == (kernel, kernel) and block.branch_proj[0].stride == (2, 2)
 
 
+def kinds(sequence):
+    return ["Conv2d" if isinstance(m, nn.Conv2d) else type(m).__name__ for m in sequence]
+
+
 def test_official_layer_order():
     """Sequential indices count every conv, BN and ReLU as Megvii's code does (checkpoint key names)."""
     shuffle = make_block(2, 32, 64, 32, 1, False)
-    assert [type(m).__name__ for m in shuffle.branch_main] == [
+    assert kinds(shuffle.branch_main) == [
         "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU"]
     xception = make_block(3, 16, 64, 32, 2, False)
-    assert [type(m).__name__ for m in xception.branch_main] == [
+    assert kinds(xception.branch_main) == [
         "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d",
         "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "ReLU"]
     assert xception.branch_main[0].stride == (2, 2) and xception.branch_main[5].stride == (1, 1)
-    assert [type(m).__name__ for m in xception.branch_proj] == ["Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d",
+    assert kinds(xception.branch_proj) == ["Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d",
                                                                  "ReLU"]
     assert xception.branch_main[-3].out_channels == 64 - 16
 
@@ -83,3 +88,35 @@ def test_stride_two_concatenates_projection_and_main_branch(choice):
     y = block(x)
     assert torch.allclose(y[:, :16], block.branch_proj(x))
     assert torch.allclose(y[:, 16:], block.branch_main(x))
+
+
+@pytest.mark.parametrize("pixels", [(1, 1), (2, 2), (4, 4), (7, 7)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pointwise_conv_matches_the_convolution_in_outputs_and_gradients(pixels, channels_last):
+    """PointwiseConv2d multiplies over the channels on maps of up to MATMUL_MAX_PIXELS pixels: the same
+    function and gradients as nn.Conv2d, on a channel-sliced input (as the stride-1 main branch gets)."""
+    torch.manual_seed(0)
+    fast = PointwiseConv2d(24, 40, bias=True)
+    reference = nn.Conv2d(24, 40, 1, bias=True)
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(8, 48, *pixels)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x[:, 1::2]
+    x_fast, x_reference = x.detach().requires_grad_(), x.detach().requires_grad_()
+    out_fast, out_reference = fast(x_fast), reference(x_reference)
+    assert out_fast.shape == out_reference.shape == (8, 40, *pixels)
+    torch.testing.assert_close(out_fast, out_reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out_reference)
+    out_fast.backward(grad)
+    out_reference.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_blocks_use_pointwise_conv_for_every_1x1_conv_only():
+    block = make_block(3, 32, 64, 32, 2, affine=False)
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d):
+            assert isinstance(m, PointwiseConv2d) == (m.kernel_size == (1, 1) and m.groups == 1)

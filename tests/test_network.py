@@ -120,6 +120,64 @@ def test_flops_of_the_released_architecture(supernet):
     assert supernet.get_candidate_flops((0,) * 20) < flops < supernet.get_candidate_flops((2,) * 20)
 
 
+@pytest.mark.parametrize("input_size", [224, 32])
+def test_mac_count_equals_torch_flop_counter(input_size):
+    """network._count_macs (hooks on a real pass) counts what torch's FlopCounterMode counts, for every block."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from blocks import make_block
+
+    def torch_count(module, shape):
+        with FlopCounterMode(display=False) as counter:
+            module.eval()(torch.zeros(shape))
+        return counter.get_total_flops() // 2
+
+    for inp, oup, mid, stride, fm in layer_specs(input_size)[:5] + layer_specs(input_size)[-2:]:
+        for choice in range(4):
+            shape = (1, inp * (3 - stride), fm, fm)
+            expected = torch_count(make_block(choice, inp, oup, mid, stride, False), shape)
+            assert network._count_macs(make_block(choice, inp, oup, mid, stride, False), shape) == expected
+    linear = nn.Linear(1024, 1000, bias=False)
+    assert network._count_macs(linear, (1, 1024)) == torch_count(linear, (1, 1024)) == 1024 * 1000
+
+
+def test_path_network_skips_initialising_its_meta_weights(supernet):
+    """path_network builds on meta and assigns the supernet's weights: no init runs (on meta it loads torch's
+    compiler, a second), and the path computes what the supernet computes on that path."""
+    import sys
+    path = network.path_network(supernet.eval(), FINAL_ARCHITECTURE)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(path(x), supernet(x, FINAL_ARCHITECTURE))
+    if "torch._dynamo" not in sys.modules:  # only checkable when nothing before loaded it
+        network.path_network(supernet, FINAL_ARCHITECTURE)
+        assert "torch._dynamo" not in sys.modules
+
+
+def test_small_input_path_matches_a_plain_conv_path():
+    input_size = 32
+    """At 32x32 the 1x1 convs of stages 3 and 4 multiply over channels: the net computes the same as with
+    plain convolutions, in train and eval mode."""
+    torch.manual_seed(0)
+    net = ShuffleNetV2OneShot(input_size=input_size, n_classes=10, op_flops_path=NO_TABLE,
+                              architecture=FINAL_ARCHITECTURE)
+    plain = ShuffleNetV2OneShot(input_size=input_size, n_classes=10, op_flops_path=NO_TABLE,
+                                architecture=FINAL_ARCHITECTURE)
+    for parent in list(plain.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                                child.stride, child.padding, groups=child.groups, bias=False))
+    plain.load_state_dict(net.state_dict())
+    x = torch.randn(16, 3, input_size, input_size).contiguous(memory_format=torch.channels_last)
+    for mode in (True, False):
+        net.train(mode), plain.train(mode)
+        torch.manual_seed(1)
+        out = net(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(out, plain(x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("input_size, n_classes", [(32, 10), (96, 7), (160, 3)])
 def test_any_multiple_of_32_and_class_count(input_size, n_classes):
     net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, op_flops_path=NO_TABLE).eval()

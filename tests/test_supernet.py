@@ -123,7 +123,8 @@ def test_weight_decay_on_conv_and_linear_weights_only_and_linear_lr_decay():
     optimizer = make_optimizer(model, 0.5, 0.9, 4e-5)
     decayed, not_decayed = optimizer.param_groups
     assert decayed["weight_decay"] == 4e-5 and not_decayed["weight_decay"] == 0
-    kinds = {id(m.weight): type(m) for m in model.modules() if hasattr(m, "weight")}
+    kinds = {id(m.weight): nn.Conv2d if isinstance(m, nn.Conv2d) else type(m)  # PointwiseConv2d is a Conv2d
+             for m in model.modules() if hasattr(m, "weight")}
     assert {kinds[id(p)] for p in decayed["params"]} == {nn.Conv2d, nn.Linear}
     assert {kinds.get(id(p), "bias") for p in not_decayed["params"]} == {nn.BatchNorm2d, "bias"}
     scheduler = make_lr_scheduler(optimizer, 10)
