@@ -38,6 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--candidates", type=int, default=3, help="candidates scored (after 1 warm-up)")
     parser.add_argument("--recalibration-batches", type=int, default=4)
     parser.add_argument("--val-batches", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="also show where one candidate's fp32 scoring spends its time, and the rate of its "
+                             "convolutions against a large matrix multiply's")
     parser.add_argument("--output", default=None, help="also write the table here (Markdown)")
     return parser.parse_args(argv)
 
@@ -114,6 +117,33 @@ def bench_scoring(args, device, state, candidates, recalibration, val):
     return {name: images / seconds for name, seconds in results.items()}
 
 
+def profile_scoring(args, device, state, candidate, recalibration, val):
+    """Operators' shares of one candidate's scoring (tester.evaluate_candidate, fp32), and the GFLOP/s of
+    its convolutions and of a 2048^3 matrix multiply, on the same threads."""
+    from torch.profiler import profile
+
+    model = prepare_model(ShuffleNetV2OneShot(affine=False), device, True).eval()
+    model.load_state_dict(state)
+    evaluate_candidate(model, candidate, recalibration, val, len(recalibration))
+    with profile(with_flops=True) as profiler:
+        evaluate_candidate(model, candidate, recalibration, val, len(recalibration))
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    lines = ["### where one candidate's fp32 scoring spends its time (this project)", "",
+             "| operator | share of the time |", "|---|---:|"]
+    lines += [f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f} % |"
+              for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]]
+    conv = [e for e in events if e.key == "aten::conv2d"]  # FLOPs are recorded there; its time includes the kernel
+    conv_flops, conv_seconds = sum(e.flops for e in conv), sum(e.cpu_time_total for e in conv) / 1e6
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    a @ b
+    seconds = timed(device, lambda: [a @ b for _ in range(5)])
+    lines += ["", f"convolutions: {conv_flops / 1e9:.1f} GFLOP in {conv_seconds:.2f} s = "
+                  f"{conv_flops / 1e9 / conv_seconds:.0f} GFLOP/s; a 2048^3 fp32 matrix multiply: "
+                  f"{5 * 2 * 2048 ** 3 / 1e9 / seconds:.0f} GFLOP/s"]
+    return "\n".join(lines)
+
+
 def table(title, rates):
     yardstick = next(iter(rates.values()))
     lines = [f"### {title}", "", "| implementation | images/s | ratio |", "|---|---:|---:|"]
@@ -147,6 +177,8 @@ def main(argv=None):
                         table(f"supernet training ({args.train_steps} steps)", train_rates),
                         table(f"candidate scoring ({args.candidates} candidates: {args.recalibration_batches} "
                               f"recalibration + 2 x {args.val_batches} evaluation batches each)", score_rates)])
+    if args.profile:
+        text += "\n\n" + profile_scoring(args, device, state, candidates[0], recalibration, val)
     emit(text, args.output)
 
 

@@ -1,6 +1,7 @@
 """bench/: the GPU check (run on this CPU with tiny settings), its shell wrapper, and the data-loading
 benchmark on generated JPEGs."""
 import os
+import re
 import subprocess
 import sys
 
@@ -134,9 +135,15 @@ def test_bench_model_compares_with_the_plain_yardstick(tmp_path):
     output = tmp_path / "model.md"
     done = run(sys.executable, os.path.join(REPO, "bench", "bench_model.py"), "--input-size", "64", "--batch-size",
                "4", "--train-steps", "2", "--candidates", "1", "--recalibration-batches", "2", "--val-batches", "1",
-               "--output", str(output), timeout=300)
+               "--profile", "--output", str(output), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [row for row in table_rows(output.read_text()) if row[1] != "images/s"]  # two tables, two headers
+    rates, profile = output.read_text().split("### where one candidate's fp32 scoring spends its time")
+    shares = [float(row[1].rstrip(" %")) for row in table_rows(profile) if row[1] != "share of the time"]
+    assert len(shares) == 8 and 0 < sum(shares) <= 100.01 and shares == sorted(shares, reverse=True)
+    conv_rate = float(re.search(r"convolutions: [0-9.]+ GFLOP in [0-9.]+ s = ([0-9.]+) GFLOP/s", profile).group(1))
+    matmul_rate = float(re.search(r"matrix multiply: ([0-9.]+) GFLOP/s", profile).group(1))
+    assert conv_rate > 0 and matmul_rate > 0
+    rows = [row for row in table_rows(rates) if row[1] != "images/s"]  # two tables, two headers
     names = [row[0] for row in rows]
     assert len(rows) == 6 and names.count("plain eager fp32 (yardstick)") == 2  # training and scoring
     assert all(float(row[1]) > 0 for row in rows)
