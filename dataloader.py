@@ -8,6 +8,7 @@ crop. ``spos_preprocessing`` gives Megvii's input: BGR, 0..255 without mean/std,
 otherwise RGB with ImageNet mean/std and antialiased (triangular) interpolation.
 """
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -57,6 +58,11 @@ def read_augmentation(root):
 
 def resize_size(input_size):
     return int(input_size / 0.875)  # 256 for 224
+
+
+def dali_installed():
+    """Whether DALI's package is there, without importing it (which takes 0.4 s)."""
+    return importlib.util.find_spec("nvidia.dali") is not None
 
 
 def dali_available():
@@ -365,28 +371,24 @@ def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, inp
     the tensors; NNI trials then load that file instead of decoding the same images again. The file holds
     tensors only and is read with ``weights_only=True``."""
     device = torch.device(device)
-    if backend == "auto":
-        backend = "dali" if dali_available() else "torch"
+    automatic = backend == "auto"
+    if automatic:
+        # Finding DALI's package is enough to name the cache file: a trial that reads it never imports DALI
+        # (0.4 s). Before decoding, DALI is checked to really import.
+        backend = "dali" if dali_installed() else "torch"
     settings = dict(root=os.path.abspath(root), train_batch_size=train_batch_size, train_iters=train_iters,
                     test_batch_size=test_batch_size, input_size=input_size, spos_preprocessing=spos_preprocessing,
                     backend=backend, seed=seed, version=SCORING_CACHE_VERSION)
-    path = None
     if cache_dir:
         settings["dataset"] = _dataset_fingerprint(root)
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        path = os.path.join(cache_dir, f"scoring_{digest}.pt")
-        if os.path.exists(path):
-            try:
-                cached = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                images = cached["train_images"].numel() + cached["val_images"].numel()
-                place = _placement(device, images * 4)
-                train = _split_batches(cached, "train", place, device)
-                val = _split_batches(cached, "val", place, device)
-                logger.info("scoring data from the cache %s", path)
-                return train, val, list(cached["classes"]), path
-            except Exception as e:  # a foreign or damaged file: decode again and replace it
-                logger.warning("%s: unusable scoring cache (%s); decoding the images again", path,
-                               str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    path = _scoring_cache_path(cache_dir, settings) if cache_dir else None
+    cached = _load_scoring_cache(path, device) if path else None
+    if cached is None and automatic and backend == "dali" and not dali_available():
+        settings["backend"] = backend = "torch"  # installed but not importable: "auto" falls back
+        path = _scoring_cache_path(cache_dir, settings) if cache_dir else None
+        cached = _load_scoring_cache(path, device) if path else None
+    if cached is not None:
+        return cached
     train_loader, val_loader = scoring_loaders(root, train_batch_size=train_batch_size,
                                                test_batch_size=test_batch_size, input_size=input_size,
                                                spos_preprocessing=spos_preprocessing, workers=workers,
@@ -406,6 +408,29 @@ def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, inp
         atomic_save(contents, path)
         logger.info("wrote the scoring cache %s", path)
     return train, val, list(train_loader.classes), "decoded"
+
+
+def _scoring_cache_path(cache_dir, settings):
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"scoring_{digest}.pt")
+
+
+def _load_scoring_cache(path, device):
+    """``scoring_batches``' result from the cache file ``path``; None when there is none or it is unusable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        images = cached["train_images"].numel() + cached["val_images"].numel()
+        place = _placement(device, images * 4)
+        train = _split_batches(cached, "train", place, device)
+        val = _split_batches(cached, "val", place, device)
+    except Exception as e:  # a foreign or damaged file: decode again and replace it
+        logger.warning("%s: unusable scoring cache (%s); decoding the images again", path,
+                       str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        return None
+    logger.info("scoring data from the cache %s", path)
+    return train, val, list(cached["classes"]), path
 
 
 class DeviceBatches:

@@ -66,7 +66,7 @@ import tempfile  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dataloader import cycle_batches, dali_available, scoring_batches, scoring_loaders  # noqa: E402
+from dataloader import cycle_batches, scoring_batches, scoring_loaders  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network  # noqa: E402
 from utils import (UserError, add_data_arguments, add_performance_arguments, autocast, compute_dtype,  # noqa: E402
                    evaluate, get_device, load_architecture, logger, parse_architecture, prepare_model, run_main,
@@ -246,8 +246,6 @@ def search_in_process(args, device):
             if workers > 1:
                 if not args.cache_dir:
                     args.cache_dir = scratch_cache  # the workers load the tensors this process decodes
-                if args.loader == "auto":  # resolved once: importing DALI to find out costs each worker 0.5 s
-                    args.loader = "dali" if dali_available() else "torch"
                 # started first: their seconds of start-up overlap this process's (the tuner, the data)
                 pool = _start_pool(args, device, workers)
             tuner = _make_tuner(tuner_args, args.search_config)
