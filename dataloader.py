@@ -62,7 +62,10 @@ def resize_size(input_size):
 
 def dali_installed():
     """Whether DALI's package is there, without importing it (which takes 0.4 s)."""
-    return importlib.util.find_spec("nvidia.dali") is not None
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no nvidia package at all (CPU-only torch, no DALI)
+        return False
 
 
 def dali_available():

@@ -59,6 +59,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
+import concurrent.futures.process  # noqa: E402
 import multiprocessing  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
@@ -262,7 +263,12 @@ def search_in_process(args, device):
             else:
                 del model, train, val
             from nni import NoMoreTrialError
-            count, elapsed = _run_evolution(tuner, pool, NoMoreTrialError)
+            try:
+                count, elapsed = _run_evolution(tuner, pool, NoMoreTrialError)
+            except concurrent.futures.process.BrokenProcessPool:
+                raise UserError(f"a scoring worker process died (killed by the system: out of memory? `dmesg` "
+                                f"says); the rounds scored so far are in {tuner.checkpoint_dir}; run again with "
+                                f"fewer --search-workers") from None
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)

@@ -26,7 +26,8 @@ from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402
 from plain_shufflenet import PlainSupernet, plain_score, plain_train_step  # noqa: E402
 from report import emit  # noqa: E402
 from tester import evaluate_candidate  # noqa: E402
-from utils import get_device, make_lr_scheduler, make_optimizer, prepare_model, train_one_epoch  # noqa: E402
+from utils import (UserError, get_device, make_lr_scheduler, make_optimizer, prepare_model, run_main,  # noqa: E402
+                   train_one_epoch)
 
 
 def parse_args(argv=None):
@@ -39,8 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--recalibration-batches", type=int, default=4)
     parser.add_argument("--val-batches", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
-                        help="also show where one candidate's fp32 scoring spends its time, and the rate of its "
-                             "convolutions against a large matrix multiply's")
+                        help="(CPU) also show where one candidate's fp32 scoring spends its time, and the rate of "
+                             "its convolutions against a large matrix multiply's")
     parser.add_argument("--output", default=None, help="also write the table here (Markdown)")
     return parser.parse_args(argv)
 
@@ -154,6 +155,8 @@ def table(title, rates):
 def main(argv=None):
     args = parse_args(argv)
     device = get_device(args.device)
+    if args.profile and device.type != "cpu":  # it reads operators' CPU time: on a GPU that is launch time
+        raise UserError("--profile measures a CPU run: leave out --device, or use a GPU profiler")
     torch.manual_seed(0)
     # an untrained supernet's activations underflow to denormals, which slow both implementations alike
     torch.set_flush_denormal(True)
@@ -183,4 +186,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

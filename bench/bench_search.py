@@ -27,6 +27,7 @@ import yaml  # noqa: E402
 import demo  # noqa: E402
 from network import ShuffleNetV2OneShot  # noqa: E402
 from report import emit  # noqa: E402
+from utils import run_main  # noqa: E402
 
 TRIAL_PARTS = ("start-up", "data", "checkpoint load", "evaluation before", "BN recalibration", "evaluation after",
                "total")
@@ -124,4 +125,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -182,3 +182,8 @@ def test_bench_search_reads_the_trials_timing_lines(tmp_path):
     command = bench_search.in_process_command(config, "/ckpt", "search.yml", "/out")
     assert command[1:] == ["tester.py", "--evolution", "--search-config", "search.yml", "--output-dir", "/out",
                            "--imagenet-dir", "data/digits", "--checkpoint", "/ckpt", "--train-iters", "20"]
+
+
+def test_bench_model_without_the_requested_gpu_is_one_clear_line():
+    done = run(sys.executable, os.path.join(REPO, "bench", "bench_model.py"), "--device", "cuda:7", timeout=120)
+    assert done.returncode == 2 and "--device cuda:7" in done.stderr and "Traceback" not in done.stderr

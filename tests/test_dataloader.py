@@ -347,3 +347,14 @@ def test_scoring_auto_falls_back_when_dali_is_installed_but_does_not_import(digi
     (cache_file,) = cache.iterdir()
     assert _scoring(digits_dir, str(cache), "torch")[3] == str(cache_file)  # the torchvision loader's file
     assert _scoring(digits_dir, str(cache), "auto")[3] == str(cache_file)  # found again, not decoded
+
+
+def test_dali_installed_is_false_without_any_nvidia_package(monkeypatch):
+    """With a CPU-only torch there is no `nvidia` package at all: find_spec("nvidia.dali") then raises."""
+    def no_nvidia(name):
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dataloader.importlib.util, "find_spec", no_nvidia)
+        installed = dataloader.dali_installed()
+    assert installed is False

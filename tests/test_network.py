@@ -2,6 +2,8 @@
 import os
 import pickle
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -142,16 +144,20 @@ def test_mac_count_equals_torch_flop_counter(input_size):
 
 
 def test_path_network_skips_initialising_its_meta_weights(supernet):
-    """path_network builds on meta and assigns the supernet's weights: no init runs (on meta it loads torch's
-    compiler, a second), and the path computes what the supernet computes on that path."""
-    import sys
+    """path_network builds on meta and assigns the supernet's weights: the path computes what the supernet
+    computes on that path, and no init runs on meta (there it loads torch's compiler, a second a process;
+    checked in a fresh interpreter, where nothing else has loaded it)."""
     path = network.path_network(supernet.eval(), FINAL_ARCHITECTURE)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(path(x), supernet(x, FINAL_ARCHITECTURE))
-    if "torch._dynamo" not in sys.modules:  # only checkable when nothing before loaded it
-        network.path_network(supernet, FINAL_ARCHITECTURE)
-        assert "torch._dynamo" not in sys.modules
+    code = ("import sys, network\n"
+            f"supernet = network.ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path={NO_TABLE!r})\n"
+            f"network.path_network(supernet, {FINAL_ARCHITECTURE!r})\n"
+            "print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]
 
 
 def test_small_input_path_matches_a_plain_conv_path():

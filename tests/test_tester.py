@@ -275,3 +275,23 @@ def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digit
                            *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=venv_env(),
                           capture_output=True, text=True, timeout=300)
     assert both.returncode == 2 and "give one of them" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_in_process_search_names_a_dead_worker_in_one_line(digits_dir, digits_checkpoint, tmp_path, monkeypatch):
+    """A worker killed by the system (out of memory) breaks the pool: one clear line, not a traceback."""
+    import concurrent.futures.process
+
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 1, num_population: 2, num_select: 1, num_mutation: 0, "
+                      "num_crossover: 0, flops_limit: 330.0e+6, seed: 3}\n")
+
+    def broken(*args):
+        raise concurrent.futures.process.BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(tester, "_run_evolution", broken)
+    args = tester.parse_args(["--evolution", "--search-config", str(config), "--output-dir", str(tmp_path / "out"),
+                              "--search-workers", "1", "--loader", "torch",
+                              *digits_args(digits_dir, digits_checkpoint)])
+    with pytest.raises(UserError, match=f"a scoring worker process died .*{tmp_path / 'out'}.*fewer "
+                                        f"--search-workers"):
+        tester.search_in_process(args, torch.device("cpu"))
