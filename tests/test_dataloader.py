@@ -6,8 +6,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from dataloader import IMAGENET_MEAN, IMAGENET_STD, ImageFolderLoader, read_augm
 from utils import UserError
 
 BACKENDS = ["dali", "torch"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_VAL = 1497, 300
 
 
@@ -324,7 +321,7 @@ def test_scoring_cache_follows_the_dataset_and_settings(digits_copy, tmp_path, s
     assert _scoring(digits_copy, str(cache))[3] == str(newest)
 
 
-def test_scoring_cache_is_read_without_importing_dali(digits_dir, tmp_path):
+def test_scoring_cache_is_read_without_importing_dali(digits_dir, tmp_path, fresh_python):
     """An NNI trial that finds the cache (backend "auto") never imports DALI, which costs it 0.4 s."""
     cache = tmp_path / "cache"
     _scoring(digits_dir, str(cache), "auto")
@@ -332,10 +329,9 @@ def test_scoring_cache_is_read_without_importing_dali(digits_dir, tmp_path):
             f"*_, source = dataloader.scoring_batches({str(digits_dir)!r}, train_batch_size=64, train_iters=3, "
             f"test_batch_size=128, input_size=32, workers=1, backend='auto', seed=7, cache_dir={str(cache)!r})\n"
             "print(source, 'nvidia.dali' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    words = fresh_python(code)
     (cache_file,) = cache.iterdir()
-    assert done.stdout.split() == [str(cache_file), "False"]
+    assert words == [str(cache_file), "False"]
 
 
 def test_scoring_auto_falls_back_when_dali_is_installed_but_does_not_import(digits_dir, tmp_path, monkeypatch):
