@@ -17,7 +17,8 @@ import random
 
 import torch
 
-from utils import UserError, atomic_save
+from checkpoint import atomic_save
+from errors import UserError
 
 logger = logging.getLogger("spos")
 

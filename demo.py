@@ -23,7 +23,8 @@ import urllib.request
 
 import yaml
 
-from utils import UserError, load_architecture
+from architecture import load_architecture
+from errors import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils import UserError
+from errors import UserError
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Context:
 
 def init(device):
     """Join torchrun's process group (if started by torchrun); ``device`` is what the user asked for
-    (utils.get_device): a GPU run takes the GPU of its local rank."""
+    (hardware.get_device): a GPU run takes the GPU of its local rank."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context(device=device)
@@ -95,6 +95,16 @@ def shared_draw(sample_architecture, context):
 def barrier(context):
     if context.enabled:
         dist.barrier()
+
+
+def sum_over_processes(values):
+    """Sums across torchrun's processes (each evaluated its own shard); the values themselves otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def _comm_device(context):

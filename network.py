@@ -4,20 +4,21 @@ Module names equal Megvii's, so official checkpoints load with strict=True.
 """
 import os
 import pickle
-import random
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from blocks import CHOICE_NAMES, PointwiseConv2d, make_block
-from utils import UserError
+from errors import UserError
 
 NUM_LAYERS = 20
 NUM_CHOICES = len(CHOICE_NAMES)
 STAGE_REPEATS = (4, 4, 8, 4)
 STAGE_OUT_CHANNELS = (64, 160, 320, 640)
 REFERENCE_INPUT_SIZE = 224
+# Megvii's trained supernet, where NNI's example expects it
+OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 
 
 def layer_specs(input_size, first_conv_channels=16):
@@ -123,7 +124,7 @@ class ShuffleNetV2OneShot(nn.Module):
 
     def forward(self, x, architecture=None):
         if self.first_conv[0].weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model (utils.prepare_model)
+            x = x.contiguous(memory_format=torch.channels_last)  # a channels-last model (hardware.prepare_model)
         x = self.first_conv(x)
         if self.is_supernet:
             if architecture is None:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 
-from utils import UserError, run_main  # noqa: E402
+from errors import UserError, run_main  # noqa: E402
 
 TABLE_FILE = "candidates.csv"  # tuner.TABLE_FILE (tuner.py needs nni; this script does not)
 _PLACES = (TABLE_FILE, os.path.join("checkpoints", TABLE_FILE), os.path.join("log", "checkpoints", TABLE_FILE))

@@ -19,12 +19,17 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
+from architecture import load_architecture, write_architecture  # noqa: E402
+from checkpoint import resume_training, save_epoch, set_seed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
+from errors import UserError, run_main  # noqa: E402
+from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
+from logs import logger, save_args, setup_logging  # noqa: E402
+from loops import evaluate, train_one_epoch  # noqa: E402
+from metrics import accuracy  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
-from utils import (UserError, accuracy, add_data_arguments, add_optimisation_arguments,  # noqa: E402
-                   add_performance_arguments, compute_dtype, evaluate, get_device, load_architecture, logger,
-                   make_lr_scheduler, make_optimizer, prepare_model, resume_training, run_main, save_args,
-                   save_epoch, scaled_learning_rate, set_seed, setup_logging, train_one_epoch, write_architecture)
+from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
+from options import add_data_arguments, add_optimisation_arguments, add_performance_arguments  # noqa: E402
 
 STATE_FILE = "training_state.pth.tar"
 PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000

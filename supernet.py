@@ -16,12 +16,15 @@ import time  # noqa: E402
 from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
+from checkpoint import resume_training, save_epoch, set_seed  # noqa: E402
 from dataloader import ImageFolderLoader  # noqa: E402
+from errors import UserError, run_main  # noqa: E402
+from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
+from logs import logger, save_args, setup_logging  # noqa: E402
+from loops import evaluate, train_one_epoch  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
-from utils import (UserError, add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
-                   compute_dtype, evaluate, get_device, logger, make_lr_scheduler, make_optimizer, prepare_model,
-                   resume_training, run_main, save_args, save_epoch, scaled_learning_rate, set_seed, setup_logging,
-                   train_one_epoch)
+from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
+from options import add_data_arguments, add_optimisation_arguments, add_performance_arguments  # noqa: E402
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 STATE_FILE = "training_state.pth.tar"

@@ -29,8 +29,8 @@ from collections import deque
 import nni
 from nni.tuner import Tuner
 
+from architecture import architecture_keys, parse_architecture, write_architecture
 from network import NUM_CHOICES, NUM_LAYERS, ShuffleNetV2OneShot
-from utils import architecture_keys, parse_architecture, write_architecture
 
 logger = logging.getLogger("spos.tuner")
 

@@ -2,8 +2,8 @@
 tester.py run it, against the plain eager implementation in bench/plain_shufflenet.py, side by side in one run
 on the same weights, the same random paths and the same synthetic batches.
 
-  training: utils.train_one_epoch on a channels-last model (supernet.py) vs plain_train_step (fp32, NCHW)
-  scoring:  tester.evaluate_candidate (a copy of the path, BN folded for evaluation) vs plain_score (NNI's
+  training: loops.train_one_epoch on a channels-last model (supernet.py) vs plain_train_step (fp32, NCHW)
+  scoring:  scoring.evaluate_candidate (a copy of the path, BN folded for evaluation) vs plain_score (NNI's
             tester on the supernet itself); both evaluate before and after recalibrating BN
 
     python bench/bench_model.py                      # CPU, batch 32: about 3 minutes on 2 cores
@@ -22,12 +22,14 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from errors import UserError, run_main  # noqa: E402
+from hardware import get_device, prepare_model  # noqa: E402
+from loops import train_one_epoch  # noqa: E402
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402
+from optim import make_lr_scheduler, make_optimizer  # noqa: E402
 from plain_shufflenet import PlainSupernet, plain_score, plain_train_step  # noqa: E402
 from report import emit  # noqa: E402
-from tester import evaluate_candidate  # noqa: E402
-from utils import (UserError, get_device, make_lr_scheduler, make_optimizer, prepare_model, run_main,  # noqa: E402
-                   train_one_epoch)
+from scoring import evaluate_candidate  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -119,7 +121,7 @@ def bench_scoring(args, device, state, candidates, recalibration, val):
 
 
 def profile_scoring(args, device, state, candidate, recalibration, val):
-    """Operators' shares of one candidate's scoring (tester.evaluate_candidate, fp32), and the GFLOP/s of
+    """Operators' shares of one candidate's scoring (scoring.evaluate_candidate, fp32), and the GFLOP/s of
     its convolutions and of a 2048^3 matrix multiply, on the same threads."""
     from torch.profiler import profile
 

@@ -1,5 +1,5 @@
 """Does bf16 scoring rank candidates as fp32 does? Scores the same random candidates of a digits supernet with
-tester.evaluate_candidate in fp32 and under bf16 autocast, on the same data, and prints the accuracies, the
+scoring.evaluate_candidate in fp32 and under bf16 autocast, on the same data, and prints the accuracies, the
 largest difference and the time each took. bf16 is the CPU default for scoring only if every candidate stays
 within 0.1 point of fp32 (it does not on this repository's digits supernets: see the README).
 
@@ -19,9 +19,10 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from dataloader import scoring_batches  # noqa: E402
+from errors import run_main  # noqa: E402
+from hardware import get_device  # noqa: E402
 from network import FlopsBinnedSampler  # noqa: E402
-from tester import evaluate_candidate, load_supernet, resolve_checkpoint  # noqa: E402
-from utils import get_device, run_main  # noqa: E402
+from scoring import evaluate_candidate, load_supernet, resolve_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,9 +1,9 @@
 """GPU throughput check: supernet training and candidate scoring images/s, fp32 vs bf16 and contiguous vs
 channels-last, through the project's own code path on synthetic batches already on the GPU.
 
-Training runs ``utils.train_one_epoch`` on the supernet as supernet.py sets it up (``prepare_model``,
+Training runs ``loops.train_one_epoch`` on the supernet as supernet.py sets it up (``prepare_model``,
 ``make_optimizer``, the linear schedule, label smoothing 0.1, a FLOPs-binned path a step). Scoring runs
-what ``tester.evaluate_candidate`` does for one candidate, each part timed alone: BN recalibration of the
+what ``scoring.evaluate_candidate`` does for one candidate, each part timed alone: BN recalibration of the
 path (train mode, no gradients) and evaluation with BN folded into the convs. Data loading is left out
 (bench/bench_data.py measures it). Writes a Markdown table with ``--output``.
 
@@ -23,12 +23,14 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from network import (NUM_CHOICES, NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot,  # noqa: E402
-                     fold_batch_norms, path_network)
-from tester import recalibrate_bn  # noqa: E402
+from errors import UserError, run_main  # noqa: E402
+from hardware import compute_dtype, prepare_model  # noqa: E402
+from loops import evaluate, train_one_epoch  # noqa: E402
+from network import (NUM_CHOICES, NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, fold_batch_norms,  # noqa: E402
+                     path_network)
+from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
 from report import emit, markdown_table  # noqa: E402
-from utils import (UserError, compute_dtype, evaluate, make_lr_scheduler, make_optimizer, prepare_model,  # noqa: E402
-                   run_main, scaled_learning_rate, train_one_epoch)
+from scoring import recalibrate_bn  # noqa: E402
 
 NUM_CLASSES = 1000
 GOAL_IMAGES_PER_S = 10_000
@@ -111,7 +113,7 @@ def time_training(args, device, batches, precision, channels_last):
 
 
 def time_scoring(args, device, batches, precision, channels_last):
-    """Images/s of the two parts of ``tester.evaluate_candidate`` for one candidate: BN recalibration of its
+    """Images/s of the two parts of ``scoring.evaluate_candidate`` for one candidate: BN recalibration of its
     path and evaluation of the path with BN folded."""
     model = new_supernet(args, device, channels_last).eval()
     architecture = FlopsBinnedSampler(model, random.Random(0))()

@@ -1,5 +1,5 @@
 """Shared fixtures: the repository on sys.path, the real digits dataset (written once per test run), a fresh
-interpreter to run code in."""
+interpreter to run code in, a digits supernet checkpoint, the environment of a user who activated the venv."""
 import os
 import subprocess
 import sys
@@ -32,3 +32,42 @@ def digits_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("data") / "digits")
     write_digits(root)
     return root
+
+
+def venv_env(**extra):
+    """The environment of a user who activated the venv: its bin/ first on PATH (nnictl, python)."""
+    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **extra}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny batches on a shared 2-core machine: one thread, denormals flushed (as tester.main does)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    flushed = torch.set_flush_denormal(True)
+    yield
+    torch.set_num_threads(threads)
+    if flushed:
+        torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    """An untrained digits supernet (32x32, 10 classes) saved as supernet.py saves its epochs."""
+    import torch
+
+    import network
+
+    torch.manual_seed(0)
+    model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10)
+    path = tmp_path_factory.mktemp("supernet") / "epoch_1.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "epoch": 1}, path)
+    return str(path)
+
+
+def digits_args(digits_dir, checkpoint, *extra):
+    """tester.py's flags for a quick score on digits."""
+    return ["--imagenet-dir", digits_dir, "--input-size", "32", "--checkpoint", checkpoint, "--train-iters", "3",
+            "--train-batch-size", "32", "--test-batch-size", "100", "--workers", "1", "--device", "cpu", *extra]

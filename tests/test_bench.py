@@ -7,7 +7,8 @@ import sys
 
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+
 GPU_CHECK = os.path.join(REPO, "bench", "gpu_check.py")
 GPU_CHECK_SH = os.path.join(REPO, "bench", "gpu_check.sh")
 BENCH_DATA = os.path.join(REPO, "bench", "bench_data.py")

@@ -3,8 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from blocks import (CHOICE_NAMES, PointwiseConv2d, ShuffleNetBlock, ShuffleXceptionBlock, channel_shuffle,
-                    make_block)
+from blocks import CHOICE_NAMES, PointwiseConv2d, ShuffleNetBlock, ShuffleXceptionBlock, channel_shuffle, make_block
 
 
 @pytest.mark.parametrize("affine", [False, True])

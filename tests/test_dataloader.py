@@ -14,7 +14,7 @@ from PIL import Image
 
 import dataloader
 from dataloader import IMAGENET_MEAN, IMAGENET_STD, ImageFolderLoader, read_augmentation
-from utils import UserError
+from errors import UserError
 
 BACKENDS = ["dali", "torch"]
 NUM_TRAIN, NUM_VAL = 1497, 300
@@ -354,3 +354,9 @@ def test_dali_installed_is_false_without_any_nvidia_package(monkeypatch):
         patch.setattr(dataloader.importlib.util, "find_spec", no_nvidia)
         installed = dataloader.dali_installed()
     assert installed is False
+
+
+def test_cycle_batches_starts_the_loader_over():
+    assert list(dataloader.cycle_batches([1, 2, 3], 7)) == [1, 2, 3, 1, 2, 3, 1]
+    with pytest.raises(UserError, match="no batches"):
+        list(dataloader.cycle_batches([], 2))

@@ -9,9 +9,9 @@ import sys
 import time
 
 import demo
-from utils import load_architecture
+from architecture import load_architecture
+from conftest import REPO, venv_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_TIMEOUT_S = 900
 
 
@@ -20,9 +20,6 @@ def demo_command(output_dir, port, scratch_epochs=3):
             "--search-rounds", "2", "--search-population", "4", "--port", str(port), "--output-dir",
             str(output_dir)]
 
-
-def venv_env():
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def assert_experiment_stopped(port):

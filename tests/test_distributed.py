@@ -17,7 +17,8 @@ RANK_SCRIPT = textwrap.dedent("""
     import distributed
     from dataloader import ImageFolderLoader
     from network import FlopsBinnedSampler, ShuffleNetV2OneShot
-    from utils import make_optimizer, get_device
+    from hardware import get_device
+    from optim import make_optimizer
 
     context = distributed.init(get_device("cpu"))
     torch.manual_seed(0)

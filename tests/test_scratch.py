@@ -11,9 +11,11 @@ import time
 import pytest
 import torch
 
+from architecture import load_architecture
+from checkpoint import load_training_state
 from conftest import REPO
+from errors import UserError
 from network import ShuffleNetV2OneShot, load_and_parse_state_dict
-from utils import UserError, load_architecture, load_training_state
 
 SCRATCH = os.path.join(REPO, "scratch.py")
 FINAL = os.path.join(REPO, "architecture_final.json")

@@ -7,7 +7,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -17,16 +16,13 @@ import yaml
 from nni.experiment.config import ExperimentConfig
 
 import network
-import tester
+from architecture import load_architecture
+from conftest import REPO, venv_env
+from search_space import write_search_space
 from tuner import BEST_FILE, EXPORT_DIR, TABLE_FILE, EvolutionWithFlops
-from utils import load_architecture
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEARCH_TIMEOUT_S = 420
 
-
-def venv_env():
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def free_port():
@@ -40,7 +36,7 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
     config = yaml.safe_load(open(os.path.join(REPO, name)))
     assert config["tuner"]["className"] == "tuner.EvolutionWithFlops"
     # nnictl create checks that the search space file exists: point it at one ss_gen would write
-    tester.write_search_space(str(tmp_path / "space.json"))
+    write_search_space(str(tmp_path / "space.json"))
     config["searchSpaceFile"] = str(tmp_path / "space.json")
     config["trialCodeDirectory"] = config["tuner"]["codeDirectory"] = REPO
     (tmp_path / name).write_text(yaml.safe_dump(config))
@@ -83,7 +79,7 @@ def test_nnictl_search_on_digits_ends_by_itself(digits_dir, tmp_path):
     checkpoints.mkdir()
     model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10)
     torch.save({"state_dict": model.state_dict(), "epoch": 1}, checkpoints / "epoch_1.pth.tar")
-    tester.write_search_space(str(tmp_path / "nni_auto_gen_search_space.json"))
+    write_search_space(str(tmp_path / "nni_auto_gen_search_space.json"))
 
     config = yaml.safe_load(open(os.path.join(REPO, "config_search_cpu.yml")))
     config["trialCommand"] = (config["trialCommand"].replace("data/digits", digits_dir)

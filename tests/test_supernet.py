@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 import supernet
+from conftest import REPO
 from dataloader import ImageFolderLoader
+from loops import train_one_epoch
 from network import ShuffleNetV2OneShot, load_weights
-from utils import make_lr_scheduler, make_optimizer, train_one_epoch
+from optim import make_lr_scheduler, make_optimizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_TABLE = "/nonexistent/op_flops_dict.pkl"
 
 

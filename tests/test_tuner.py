@@ -9,9 +9,9 @@ import time
 import nni
 import pytest
 
-import tester
+from architecture import load_architecture, parse_architecture
+from search_space import search_space
 from tuner import BEST_FILE, EXPORT_DIR, TABLE_FILE, EvolutionWithFlops, parse_result, reference_flops_model
-from utils import load_architecture, parse_architecture
 
 SMALL = dict(max_epochs=3, num_population=8, num_select=3, num_mutation=3, num_crossover=3)
 
@@ -23,7 +23,7 @@ def score(candidate):
 
 def make_tuner(tmp_path, **kwargs):
     tuner = EvolutionWithFlops(**{**SMALL, "output_dir": str(tmp_path), **kwargs})
-    tuner.update_search_space(tester.search_space())
+    tuner.update_search_space(search_space())
     return tuner
 
 
@@ -203,7 +203,7 @@ def test_a_limit_few_candidates_meet_gives_up_after_bounded_draws(tmp_path, capl
 
 
 def test_a_narrowed_search_space_is_respected(tmp_path):
-    space = tester.search_space()
+    space = search_space()
     space["LayerChoice1"]["_value"] = ["3"]
     space["LayerChoice20"]["_value"] = ["0", "2"]
     tuner = EvolutionWithFlops(**SMALL, output_dir=str(tmp_path))
@@ -225,7 +225,7 @@ def test_bad_class_arguments_and_search_spaces_are_refused(tmp_path):
     tuner = EvolutionWithFlops(output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="LayerChoice1..LayerChoice20"):
         tuner.update_search_space({"LayerChoice1": {"_type": "layer_choice", "_value": ["0"]}})
-    space = tester.search_space()
+    space = search_space()
     space["LayerChoice4"]["_value"] = ["0", "7"]
     with pytest.raises(ValueError, match="LayerChoice4"):
         tuner.update_search_space(space)

@@ -1,0 +1,123 @@
+"""How a candidate path of the trained supernet is scored, the same way by an nnictl trial (tester.py), the
+in-process search (search.py) and the benchmarks: load the supernet, evaluate the path on val, recalibrate its
+batch norm (reset every BN's running statistics, then training batches in train mode without gradients,
+averaged cumulatively), evaluate again. Each candidate is scored on a copy of its path
+(``network.path_network``) with BN folded into the convs, so the supernet is never modified.
+"""
+import os
+import re
+import time
+
+import torch
+from torch import nn
+
+from dataloader import cycle_batches, scoring_batches, scoring_loaders
+from errors import UserError
+from hardware import autocast, prepare_model
+from logs import logger
+from loops import evaluate
+from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network
+
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
+
+
+def resolve_checkpoint(path):
+    """``path`` itself, or for a folder (supernet.py's output) its epoch_N.pth.tar with the largest N."""
+    if not os.path.isdir(path):
+        return path
+    epochs = [(int(m.group(1)), name) for name in os.listdir(path) if (m := _EPOCH_FILE.match(name))]
+    if not epochs:
+        raise UserError(f"{path}: no epoch_N.pth.tar inside (train the supernet first: python supernet.py)")
+    return os.path.join(path, max(epochs)[1])
+
+
+def load_supernet(checkpoint, input_size, n_classes, device=torch.device("cpu"), channels_last=True):
+    """The supernet for ``n_classes`` with the checkpoint's weights (read without unpickling objects)."""
+    model = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=False)
+    load_weights(model, checkpoint)
+    return prepare_model(model, torch.device(device), channels_last).eval()
+
+
+def reset_bn_stats(model):
+    """Every BN to running mean 0, variance 1, no batches seen, and momentum None: the statistics become a
+    cumulative average over the batches that follow."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
+
+
+@torch.inference_mode()
+def recalibrate_bn(model, loader, num_batches, log_frequency=0, autocast_dtype=None):
+    """Reset ``model``'s BN statistics (a path network), then run ``num_batches`` training batches through it
+    in train mode without gradients. Leaves it in eval mode."""
+    reset_bn_stats(model)
+    model.train()
+    for m in model.modules():  # dropout comes after the last BN and changes no statistic: skip its masks
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    started = time.perf_counter()
+    for step, (images, _) in enumerate(cycle_batches(loader, num_batches)):
+        with autocast(images.device, autocast_dtype):
+            model(images)
+        if log_frequency and ((step + 1) % log_frequency == 0 or step + 1 == num_batches):
+            logger.info("BN recalibration [%d/%d]  %.1f batches/s", step + 1, num_batches,
+                        (step + 1) / (time.perf_counter() - started))
+    model.eval()
+
+
+def evaluate_candidate(model, architecture, train_loader, val_loader, train_iters, log_frequency=0,
+                       on_before_recalibration=None, autocast_dtype=None):
+    """Top-1 of ``architecture`` on ``val_loader`` before and after BN recalibration with ``train_iters``
+    batches of ``train_loader`` (0: no recalibration). Works on a copy of the path (``network.path_network``),
+    so the supernet is left as it was; evaluation runs with BN folded into the convs. ``on_before_recalibration
+    (accuracy)`` is called as soon as the first number is known."""
+    criterion = nn.CrossEntropyLoss()
+    seconds = {}
+    started = time.perf_counter()
+    before = evaluate(fold_batch_norms(path_network(model, architecture)), val_loader, criterion,
+                      autocast_dtype=autocast_dtype)
+    seconds["evaluation_before"] = time.perf_counter() - started
+    logger.info("before BN recalibration: top1 %.4f top5 %.4f loss %.4f (%d images, %.1f s)", before["top1"],
+                before["top5"], before["loss"], before["images"], seconds["evaluation_before"])
+    if on_before_recalibration is not None:
+        on_before_recalibration(before["top1"])
+    if train_iters > 0:
+        started = time.perf_counter()
+        path = path_network(model, architecture)
+        recalibrate_bn(path, train_loader, train_iters, log_frequency, autocast_dtype)
+        seconds["recalibration"] = time.perf_counter() - started
+        started = time.perf_counter()
+        after = evaluate(fold_batch_norms(path), val_loader, criterion, autocast_dtype=autocast_dtype)
+        seconds["evaluation_after"] = time.perf_counter() - started
+        logger.info("after BN recalibration (%d batches, %.1f s): top1 %.4f top5 %.4f loss %.4f (%.1f s)",
+                    train_iters, seconds["recalibration"], after["top1"], after["top5"], after["loss"],
+                    seconds["evaluation_after"])
+    else:
+        after = before
+        seconds["recalibration"] = seconds["evaluation_after"] = 0.0
+    return {"accuracy_before_recalibration": before["top1"], "accuracy": after["top1"], "top5": after["top5"],
+            "loss": after["loss"], "images": after["images"], "seconds": seconds}
+
+
+def load_scoring_data(args, device, keep):
+    """The recalibration batches and the val set as ``(train, val, classes, source)``: decoded once and kept
+    (``keep``, or with ``--cache-dir``: from or into the cache file), else loaders that decode as they go, so
+    a trial needs memory for one batch, not for the whole val set."""
+    if keep or args.cache_dir:
+        return scoring_batches(args.imagenet_dir, train_batch_size=args.train_batch_size,
+                               train_iters=args.train_iters, test_batch_size=args.test_batch_size,
+                               input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
+                               workers=args.workers, backend=args.loader, device=device, seed=args.seed,
+                               cache_dir=args.cache_dir)
+    train_loader, val_loader = scoring_loaders(args.imagenet_dir, train_batch_size=args.train_batch_size,
+                                               test_batch_size=args.test_batch_size, input_size=args.input_size,
+                                               spos_preprocessing=args.spos_preprocessing, workers=args.workers,
+                                               backend=args.loader, device=device, seed=args.seed)
+    return train_loader, val_loader, train_loader.classes, f"{train_loader.backend} loader, decoded as used"
+
+
+def log_scoring_data(train, val, classes, source, train_iters, seconds):
+    val_images = val.num_images if hasattr(val, "num_images") else sum(len(labels) for _, labels in val.batches)
+    logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", train_iters, val_images,
+                len(classes), source, seconds)

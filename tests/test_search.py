@@ -1,0 +1,100 @@
+"""search.py: the in-process evolution search (tester.py --evolution) writes the nnictl search's exports, gives
+the same table for any number of workers, scores as a trial does, and fails in one clear line."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import search
+import tester
+import tuner
+from architecture import load_architecture
+from conftest import REPO, digits_args, venv_env
+from errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# one thread per process, as the CPU search config runs its trials
+TRIAL_ENV = venv_env(OMP_NUM_THREADS="1")
+
+
+def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digits_dir, digits_checkpoint, tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 2, num_population: 4, num_select: 2, num_mutation: 1, "
+                      "num_crossover: 1, m_prob: 0.1, flops_limit: 330.0e+6, seed: 3}\n")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    common = [*digits_args(digits_dir, digits_checkpoint), "--loader", "torch", "--cache-dir", str(cache)]
+    done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+                           "--output-dir", str(out), "--search-workers", "2", *common], cwd=REPO, env=TRIAL_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "scoring with 2 worker processes" in done.stderr and "in-process search: 8 candidates" in done.stderr
+    resolved = json.loads((out / "args.json").read_text())  # the run's arguments, next to its outputs
+    assert resolved["tuner"]["num_population"] == 4 and resolved["resolved_search_workers"] == 2
+    exports = out / "checkpoints"
+    with open(exports / "candidates.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == tuner.TABLE_COLUMNS
+    assert [r["round"] for r in rows] == ["1"] * 4 + ["2"] * 4
+    assert all(r["status"] == "succeeded" and r["trial_job_id"] == "in-process" for r in rows)
+    assert len({r["choices"] for r in rows}) == 8 and all(float(r["flops"]) <= 330e6 for r in rows)
+    assert {"001_000.json", "001_001.json", "002_000.json", "002_001.json"} <= set(os.listdir(exports))
+    best = max(rows, key=lambda r: float(r["accuracy"]))
+    best_file = exports / "architecture_final.json"
+    assert " ".join(map(str, load_architecture(str(best_file)))) == best["choices"]
+
+    # one process instead of a worker per core: the same search, row for row
+    single = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+                             "--output-dir", str(tmp_path / "single"), "--search-workers", "1", *common], cwd=REPO,
+                            env=TRIAL_ENV, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert (tmp_path / "single" / "checkpoints" / "candidates.csv").read_text() == \
+        (exports / "candidates.csv").read_text()
+
+    # one trial of the nnictl path, on the same cached data, gives the same numbers
+    trial = subprocess.run([sys.executable, "tester.py", "--fixed-arc", str(best_file), *common], cwd=REPO,
+                           env=TRIAL_ENV, capture_output=True, text=True, timeout=300)
+    assert trial.returncode == 0, trial.stderr[-3000:]
+    assert f"data from the cache {cache}" in trial.stderr
+    result = json.loads(trial.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(float(best["accuracy"]), abs=1e-6)
+    assert result["accuracy_before_recalibration"] == pytest.approx(float(best["accuracy_before_recalibration"]),
+                                                                    abs=1e-6)
+
+
+def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digits_checkpoint, tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 0}\n")
+    done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+                           *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=TRIAL_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"{config}: tuner.classArgs: max_epochs must be a positive integer" in done.stderr
+    assert "Traceback" not in done.stderr
+    both = subprocess.run([sys.executable, "tester.py", "--evolution", "--fixed-arc", "architecture_final.json",
+                           *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=TRIAL_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert both.returncode == 2 and "give one of them" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_in_process_search_names_a_dead_worker_in_one_line(digits_dir, digits_checkpoint, tmp_path, monkeypatch):
+    """A worker killed by the system (out of memory) breaks the pool: one clear line, not a traceback."""
+    import concurrent.futures.process
+
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 1, num_population: 2, num_select: 1, num_mutation: 0, "
+                      "num_crossover: 0, flops_limit: 330.0e+6, seed: 3}\n")
+
+    def broken(*args):
+        raise concurrent.futures.process.BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(search, "_run_evolution", broken)
+    args = tester.parse_args(["--evolution", "--search-config", str(config), "--output-dir", str(tmp_path / "out"),
+                              "--search-workers", "1", "--loader", "torch",
+                              *digits_args(digits_dir, digits_checkpoint)])
+    with pytest.raises(UserError, match=f"a scoring worker process died .*{tmp_path / 'out'}.*fewer "
+                                        f"--search-workers"):
+        search.search_in_process(args, torch.device("cpu"))
