@@ -3,6 +3,8 @@
 Sequential indices and attribute names follow Megvii's official code so that official checkpoints
 load with strict=True: ``branch_main.{i}`` and ``branch_proj.{i}`` count every conv, BN and ReLU.
 """
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,9 +38,59 @@ class PointwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+# Maps of at most this many pixels go through DepthwiseConv2d's weighted sums (measured faster below: 2x2 maps
+# 2-4x, 1x1 maps 20-100x; at 4x4 the convolution is faster).
+SMALL_MAP_PIXELS = 4
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A k x k depthwise convolution with padding k // 2 (an nn.Conv2d: same weights, names and checkpoints). On a
+    CPU, for an input map of at most 4 pixels (stages 3 and 4 of a 32x32 input) each output pixel is a weighted sum
+    of at most 4 input pixels, which it computes as such: oneDNN's convolution spends milliseconds there on work of
+    microseconds (most of a 7x7 kernel only ever meets padding), in training above all (its backward). Larger maps
+    (every map at 224x224) keep the convolution."""
+
+    def __init__(self, channels, kernel_size, stride):
+        super().__init__(channels, channels, kernel_size, stride, kernel_size // 2, groups=channels, bias=False)
+
+    def forward(self, x):
+        if x.device.type == "cpu" and x.shape[2] * x.shape[3] <= SMALL_MAP_PIXELS:
+            return self._small_map_forward(x)
+        return super().forward(x)
+
+    def _small_map_forward(self, x):
+        n, c, h, w = x.shape
+        taps, out_h, out_w = _depthwise_taps(h, w, self.kernel_size[0], self.stride[0])
+        # kernel values per (output pixel, input pixel, channel); taps that only meet padding point at a zero
+        kernel = torch.cat((self.weight.reshape(c, -1).t(), self.weight.new_zeros(1, c)))[taps]
+        pixels = x.permute(0, 2, 3, 1).reshape(n, 1, h * w, c)  # a view of a channels-last map
+        y = (pixels * kernel).sum(2) if h * w > 1 else pixels[:, :, 0] * kernel[:, 0]
+        if self.bias is not None:  # after fold_batch_norms
+            y = y + self.bias
+        return y.reshape(n, out_h, out_w, c).permute(0, 3, 1, 2)  # channels-last, as the convolution gives
+
+
+@functools.lru_cache(maxsize=None)
+def _depthwise_taps(height, width, kernel_size, stride):
+    """For each output pixel and input pixel of a depthwise convolution (padding kernel_size // 2), the index of
+    the kernel tap joining them in the flattened kernel, or kernel_size ** 2 where none does."""
+    pad = kernel_size // 2
+    out_h, out_w = (height + 2 * pad - kernel_size) // stride + 1, (width + 2 * pad - kernel_size) // stride + 1
+    oy, ox, iy, ix = torch.meshgrid(torch.arange(out_h), torch.arange(out_w), torch.arange(height),
+                                    torch.arange(width), indexing="ij")
+    ky, kx = iy - oy * stride + pad, ix - ox * stride + pad
+    inside = (ky >= 0) & (ky < kernel_size) & (kx >= 0) & (kx < kernel_size)
+    taps = torch.where(inside, ky * kernel_size + kx, kernel_size ** 2)
+    return taps.reshape(out_h * out_w, height * width), out_h, out_w
+
+
 def _conv_bn(inp, oup, kernel_size, stride, affine, depthwise=False, relu=True):
-    conv = (PointwiseConv2d(inp, oup) if kernel_size == 1 and stride == 1 and not depthwise else
-            nn.Conv2d(inp, oup, kernel_size, stride, kernel_size // 2, groups=inp if depthwise else 1, bias=False))
+    if depthwise:
+        conv = DepthwiseConv2d(inp, kernel_size, stride)
+    elif kernel_size == 1 and stride == 1:
+        conv = PointwiseConv2d(inp, oup)
+    else:
+        conv = nn.Conv2d(inp, oup, kernel_size, stride, kernel_size // 2, bias=False)
     layers = [
         conv,
         nn.BatchNorm2d(oup, affine=affine),

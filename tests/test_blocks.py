@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from blocks import CHOICE_NAMES, PointwiseConv2d, ShuffleNetBlock, ShuffleXceptionBlock, channel_shuffle, make_block
+from blocks import (CHOICE_NAMES, DepthwiseConv2d, PointwiseConv2d, ShuffleNetBlock, ShuffleXceptionBlock,
+                    channel_shuffle, make_block)
 
 
 @pytest.mark.parametrize("affine", [False, True])
@@ -114,8 +115,37 @@ def test_pointwise_conv_matches_the_convolution_in_outputs_and_gradients(pixels,
     torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
 
 
-def test_blocks_use_pointwise_conv_for_every_1x1_conv_only():
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+@pytest.mark.parametrize("stride, pixels", [(1, (1, 1)), (1, (2, 2)), (1, (1, 2)), (2, (2, 2)), (1, (4, 4)),
+                                            (2, (4, 4))])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_depthwise_conv_matches_the_convolution_in_outputs_and_gradients(kernel_size, stride, pixels, channels_last):
+    """DepthwiseConv2d sums the taps that meet the map on maps of up to SMALL_MAP_PIXELS pixels: the same function
+    and gradients as nn.Conv2d (also with the bias BN folding gives it), on a channel-sliced input."""
+    torch.manual_seed(0)
+    fast = DepthwiseConv2d(24, kernel_size, stride)
+    fast.bias = nn.Parameter(torch.randn(24))
+    reference = nn.Conv2d(24, 24, kernel_size, stride, kernel_size // 2, groups=24, bias=True)
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(8, 48, *pixels)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x[:, 1::2]
+    x_fast, x_reference = x.detach().requires_grad_(), x.detach().requires_grad_()
+    out_fast, out_reference = fast(x_fast), reference(x_reference)
+    assert out_fast.shape == out_reference.shape
+    torch.testing.assert_close(out_fast, out_reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out_reference)
+    out_fast.backward(grad)
+    out_reference.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_blocks_use_pointwise_and_depthwise_convs_for_every_such_conv():
     block = make_block(3, 32, 64, 32, 2, affine=False)
     for m in block.modules():
         if isinstance(m, nn.Conv2d):
             assert isinstance(m, PointwiseConv2d) == (m.kernel_size == (1, 1) and m.groups == 1)
+            assert isinstance(m, DepthwiseConv2d) == (m.groups > 1)

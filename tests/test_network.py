@@ -128,14 +128,16 @@ def test_flops_of_the_released_architecture(supernet):
 
 @pytest.mark.parametrize("input_size", [224, 32])
 def test_mac_count_equals_torch_flop_counter(input_size):
-    """network._count_macs (hooks on a real pass) counts what torch's FlopCounterMode counts, for every block."""
+    """network._count_macs (hooks on a real pass) counts what torch's FlopCounterMode counts for the convolutions
+    and linear layers of every block (on meta tensors, where every layer runs as a convolution: on a CPU, small
+    maps compute the same sums another way, blocks.PointwiseConv2d and DepthwiseConv2d)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from blocks import make_block
 
     def torch_count(module, shape):
         with FlopCounterMode(display=False) as counter:
-            module.eval()(torch.zeros(shape))
+            module.to("meta").eval()(torch.zeros(shape, device="meta"))
         return counter.get_total_flops() // 2
 
     for inp, oup, mid, stride, fm in layer_specs(input_size)[:5] + layer_specs(input_size)[-2:]:
@@ -163,12 +165,13 @@ def test_path_network_skips_initialising_its_meta_weights(supernet, fresh_python
 
 
 def test_small_input_path_matches_a_plain_conv_path():
+    """At 32x32 the 1x1 and depthwise convs of stages 3 and 4 (maps of 1 to 4 pixels) compute their sums without
+    oneDNN's convolution: the net gives the same outputs as with plain convolutions in train and eval mode, and
+    the same gradients in training (in float64, where a chain of 20 blocks keeps rounding out of the comparison)."""
     input_size = 32
-    """At 32x32 the 1x1 convs of stages 3 and 4 multiply over channels: the net computes the same as with
-    plain convolutions, in train and eval mode."""
     torch.manual_seed(0)
     net = ShuffleNetV2OneShot(input_size=input_size, n_classes=10, op_flops_path=NO_TABLE,
-                              architecture=FINAL_ARCHITECTURE)
+                              architecture=FINAL_ARCHITECTURE).double()
     plain = ShuffleNetV2OneShot(input_size=input_size, n_classes=10, op_flops_path=NO_TABLE,
                                 architecture=FINAL_ARCHITECTURE)
     for parent in list(plain.modules()):
@@ -176,14 +179,21 @@ def test_small_input_path_matches_a_plain_conv_path():
             if isinstance(child, nn.Conv2d):
                 setattr(parent, name, nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
                                                 child.stride, child.padding, groups=child.groups, bias=False))
-    plain.load_state_dict(net.state_dict())
-    x = torch.randn(16, 3, input_size, input_size).contiguous(memory_format=torch.channels_last)
+    plain.double().load_state_dict(net.state_dict())
+    x = torch.randn(16, 3, input_size, input_size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     for mode in (True, False):
         net.train(mode), plain.train(mode)
         torch.manual_seed(1)
         out = net(x)
         torch.manual_seed(1)
-        torch.testing.assert_close(out, plain(x), rtol=1e-4, atol=1e-4)
+        out_plain = plain(x)
+        torch.testing.assert_close(out, out_plain, rtol=1e-10, atol=1e-10)
+        if mode:
+            out.square().sum().backward()
+            out_plain.square().sum().backward()
+            grads = {name: p.grad for name, p in plain.named_parameters()}
+            for name, p in net.named_parameters():
+                torch.testing.assert_close(p.grad, grads[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("input_size, n_classes", [(32, 10), (96, 7), (160, 3)])
