@@ -2,6 +2,7 @@
 
 Module names equal Megvii's, so official checkpoints load with strict=True.
 """
+import functools
 import os
 import pickle
 
@@ -17,6 +18,10 @@ NUM_CHOICES = len(CHOICE_NAMES)
 STAGE_REPEATS = (4, 4, 8, 4)
 STAGE_OUT_CHANNELS = (64, 160, 320, 640)
 REFERENCE_INPUT_SIZE = 224
+# FLOPs limits are in the paper's units: multiply-adds at 224x224 with 1,000 classes, whatever the data
+PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000
+# Megvii's FLOPs table, where NNI's example expects it (optional: FLOPs are computed without it)
+OP_FLOPS_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "op_flops_dict.pkl")
 # Megvii's trained supernet, where NNI's example expects it
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 
@@ -286,6 +291,17 @@ class FlopsBinnedSampler:
             if low <= self.model.get_candidate_flops(architecture) <= high:
                 return architecture
         return random_architecture(self.rng)
+
+
+@functools.lru_cache(maxsize=None)
+def paper_flops_model(op_flops_path=OP_FLOPS_TABLE):
+    """The supernet at the paper's 224x224 and 1,000 classes, built once per process: only for FLOPs."""
+    return ShuffleNetV2OneShot(input_size=PAPER_INPUT_SIZE, n_classes=PAPER_CLASSES, op_flops_path=op_flops_path)
+
+
+def paper_flops(architecture):
+    """FLOPs of a path as the paper counts them, the units of the search's FLOPs limit."""
+    return paper_flops_model().get_candidate_flops(architecture)
 
 
 def load_and_parse_state_dict(filepath):
