@@ -1,5 +1,15 @@
-"""The command-line flags the steps share, grouped by purpose (NNI's names and defaults)."""
+"""The command-line flags the steps share, grouped by purpose (NNI's names and defaults), and the recipe a dataset
+may ship beside itself (``recipe.json``): other defaults for the flags of each step, for data unlike ImageNet."""
 import argparse
+import json
+import os
+
+from errors import UserError
+
+RECIPE_FILE = "recipe.json"
+# flags a recipe may not set: where things are, what to resume, and the dataset itself
+_NOT_IN_RECIPES = {"help", "imagenet_dir", "output_dir", "resume", "checkpoint", "load_checkpoint", "device",
+                   "architecture", "fixed_arc", "evaluate", "tb_dir", "cache_dir", "search_config", "evolution"}
 
 
 def add_data_arguments(parser, workers):
@@ -38,3 +48,54 @@ def add_performance_arguments(parser):
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="bf16 autocast or fp32; auto: bf16 on a GPU, fp32 on a CPU")
     return group
+
+
+def parse_args_with_recipe(parser, argv, script):
+    """Parse ``argv``; each flag it does not give takes its value from the ``script`` section of
+    ``<--imagenet-dir>/recipe.json`` when the dataset ships one, else the parser's default. Megvii's defaults are
+    for ImageNet; a small dataset says beside itself what suits it (as preprocessing.json does for augmentation).
+    Returns the arguments, with ``recipe`` the file read (or None)."""
+    args = parser.parse_args(argv)
+    path = os.path.join(args.imagenet_dir, RECIPE_FILE)
+    if not os.path.exists(path):
+        args.recipe = None
+        return args
+    try:
+        with open(path) as f:
+            recipe = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+    section = recipe.get(script, {}) if isinstance(recipe, dict) else None
+    if not isinstance(section, dict):
+        raise UserError(f"{path}: expected an object of per-script objects, e.g. "
+                        f"{{\"{script}\": {{\"batch_size\": 64}}}}")
+    actions = {action.dest: action for action in parser._actions if action.dest not in _NOT_IN_RECIPES}
+    for key, value in section.items():
+        action = actions.get(key)
+        if action is None:
+            raise UserError(f"{path}: {script}: {key!r} is not a flag a recipe can set (one of "
+                            f"{', '.join(sorted(actions))})")
+        kind = _value_kind(action)
+        if not _is_kind(value, kind):
+            raise UserError(f"{path}: {script}: {key} must be {kind}, got {value!r}")
+        if action.choices is not None and value not in action.choices:
+            raise UserError(f"{path}: {script}: {key} must be one of {list(action.choices)}, got {value!r}")
+    parser.set_defaults(**section)
+    args = parser.parse_args(argv)
+    args.recipe = path if section else None
+    return args
+
+
+def _value_kind(action):
+    if action.type is None and isinstance(action.default, bool):  # store_true, BooleanOptionalAction
+        return "true or false"
+    return {int: "an integer", float: "a number"}.get(action.type, "a string")
+
+
+def _is_kind(value, kind):
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return {"an integer": isinstance(value, int), "a number": isinstance(value, (int, float))}.get(
+        kind, isinstance(value, str))
