@@ -1,5 +1,8 @@
 """The command-line flags the steps share, grouped by purpose (NNI's names and defaults)."""
 import argparse
+import os
+
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def add_data_arguments(parser, workers):
@@ -38,3 +41,9 @@ def add_performance_arguments(parser):
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="bf16 autocast or fp32; auto: bf16 on a GPU, fp32 on a CPU")
     return group
+
+
+def project_file(name):
+    """The default for a file the project ships (architecture_final.json, config_search.yml): the working
+    folder's own when it has one, else the project's, so that a step runs from any folder."""
+    return name if os.path.exists(name) else os.path.join(PROJECT_DIR, name)
