@@ -153,10 +153,10 @@ def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler,
     logger.info("resuming from %s: %d of %d epochs done", path, state["epoch"], epochs)
     if repair:
         _remove_interrupted_writes(output_dir)
-    if repair and not os.path.exists(weights_path(output_dir, state["epoch"])):
-        logger.warning("%s is missing (the run was stopped before writing it): writing it again from %s",
-                       weights_path(output_dir, state["epoch"]), path)
-        save_weights(output_dir, state["epoch"], state["state_dict"])
+        if not os.path.exists(weights_path(output_dir, state["epoch"])):
+            logger.warning("%s is missing (the run was stopped before writing it): writing it again from %s",
+                           weights_path(output_dir, state["epoch"]), path)
+            save_weights(output_dir, state["epoch"], state["state_dict"])
     if state["epoch"] >= epochs:
         logger.info("nothing left to train")
     return state

@@ -8,7 +8,10 @@
 ``--batch-size`` is the global batch: each of N processes reads batch_size / N images a step from its own
 shard of the data, so the learning rate (scaled to the global batch) means the same for any N.
 """
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,7 @@ def init(device):
     if world_size == 1:
         return Context(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    _die_with_launcher()
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
@@ -54,6 +58,15 @@ def init(device):
         backend = "gloo"
     dist.init_process_group(backend)
     return Context(rank, world_size, local_rank, device)
+
+
+def _die_with_launcher():
+    """torchrun starts each process in a session of its own, so a SIGKILL of torchrun (or of its process group)
+    leaves them training on, orphaned, into the checkpoints of the relaunched run: have the kernel SIGKILL this
+    process when its launcher dies (Linux's PR_SET_PDEATHSIG; nothing elsewhere)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def shutdown(context):

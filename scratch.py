@@ -242,6 +242,7 @@ def evaluate_checkpoint(args, architecture):
     val_loader = make_loader(args, "val", device, classes=classes)
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=val_loader.num_classes, affine=True,
                                 architecture=architecture)
+    logger.info("architecture %s: %s", args.architecture, ",".join(map(str, architecture)))
     load_weights(model, args.evaluate)
     prepare_model(model, device, args.channels_last)
     stats = evaluate(fold_batch_norms(model), val_loader, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
