@@ -40,11 +40,12 @@ class Context:
 def init(device):
     """Join torchrun's process group (if started by torchrun); ``device`` is what the user asked for
     (hardware.get_device): a GPU run takes the GPU of its local rank."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun, even as its only process
+        _die_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    _die_with_launcher()
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
