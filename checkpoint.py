@@ -1,28 +1,53 @@
-"""Checkpoints and random state: atomic writes, the state `--resume` continues from, seeds."""
+"""Checkpoints and random state: atomic writes, the state `--resume` continues from, seeds.
+
+After each epoch a run writes its training state first and the epoch's weights second, each atomically, so a
+kill at any moment leaves a state to continue from: the previous epoch's (the epoch in flight is trained
+again) or this epoch's, from which a resume writes the weights again if the kill came before them.
+"""
+import glob
 import os
 import random
+import signal
 import tempfile
 
 import torch
 
 from errors import UserError
+from logs import logger
+
+TEMP_PREFIX = ".tmp-"
+KILL_POINT_VARIABLE = "SPOS_TEST_KILL_POINT"
+
+
+def kill_point_for_tests(name):
+    """Test-only: SIGKILL this process at ``name`` when $SPOS_TEST_KILL_POINT is set to it (tests/test_resume.py
+    stops runs where a timed kill rarely lands)."""
+    if os.environ.get(KILL_POINT_VARIABLE) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_save(obj, path):
-    """torch.save through a temporary file and a rename, so a crash never leaves a torn checkpoint."""
+    """torch.save through a temporary file, fsync and a rename, so a crash never leaves a torn checkpoint; the
+    folder is synced too, so that successive saves reach the disk in the order they were made."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pth.tar", dir=directory)
+    fd, tmp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pth.tar", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        kill_point_for_tests("before-rename")
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
 
 
 def load_training_state(path):
@@ -32,7 +57,8 @@ def load_training_state(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files raise many kinds
-        raise UserError(f"{path}: not a readable training state ({str(e).strip().splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable training state ({str(e).strip().splitlines()[0]}); move it "
+                        f"away to start the run over") from None
     required = ("state_dict", "optimizer", "scheduler", "epoch", "rng")
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise UserError(f"{path}: not a training state of this project (needs {', '.join(required)})")
@@ -66,21 +92,49 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def save_epoch(output_dir, state_file, epoch, model, optimizer, scheduler, extra=None, **generators):
-    """After ``epoch`` (1-based) epochs: the weights as ``epoch_{epoch}.pth.tar`` (``{'state_dict', 'epoch'}``,
-    what network.load_weights reads) and all ``--resume`` needs as ``state_file``, both written atomically.
-    ``extra`` (plain data) goes into the state; ``generators`` are random.Random objects to restore too."""
-    atomic_save({"state_dict": model.state_dict(), "epoch": epoch},
-                os.path.join(output_dir, f"epoch_{epoch}.pth.tar"))
+def describe_dataset(loader):
+    """What a training state records of its training data, to refuse resuming on other data."""
+    return (f"{loader.num_classes} classes ({loader.classes[0]}..{loader.classes[-1]}), "
+            f"{len(loader.files)} train images")
+
+
+def weights_path(output_dir, epoch):
+    return os.path.join(output_dir, f"epoch_{epoch}.pth.tar")
+
+
+def save_training_state(path, epoch, model, optimizer, scheduler, extra=None, **generators):
+    """All ``--resume`` needs after ``epoch`` (1-based) epochs, the first of an epoch's two writes. ``extra``
+    (plain data) goes into the state; ``generators`` are random.Random objects to restore too."""
     atomic_save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": get_rng_state(**generators),
-                 **(extra or {})}, os.path.join(output_dir, state_file))
+                 **(extra or {})}, path)
 
 
-def resume_training(path, model, optimizer, scheduler, expect=None, **generators):
-    """Load a state written by ``save_epoch`` into the model, optimizer, scheduler and random generators;
-    returns the state (``state['epoch']`` epochs are done). ``expect``: values the state's ``extra`` must
-    hold for this run (e.g. the architecture), each refused with its name when it differs."""
+def save_weights(output_dir, epoch, state_dict):
+    """The weights after ``epoch`` epochs as ``epoch_{epoch}.pth.tar`` (``{'state_dict', 'epoch'}``, what
+    network.load_weights reads), the second of an epoch's two writes."""
+    kill_point_for_tests("between-writes")
+    atomic_save({"state_dict": state_dict, "epoch": epoch}, weights_path(output_dir, epoch))
+
+
+def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler, expect=None, repair=True,
+                    **generators):
+    """Continue the run in ``output_dir`` from its ``state_file``: load the model, optimizer, scheduler and
+    random generators from it and return the state (``state['epoch']`` of ``epochs`` are done), or None when
+    nothing was saved yet (the first launch of a command relaunched with --resume until it finishes).
+    ``expect``: values the state must hold for this run (the architecture, the data), each refused with its
+    name when it differs. ``repair`` (one process of a run): remove the temporary files of a write a kill
+    interrupted and write the last epoch's weights again if the kill came before them."""
+    path = os.path.join(output_dir, state_file)
+    if not os.path.exists(path):
+        saved = glob.glob(os.path.join(glob.escape(output_dir), "epoch_*.pth.tar"))
+        if saved:  # not written by this project's order of writes: starting over would overwrite them
+            raise UserError(f"{path}: not found, yet {output_dir} holds {len(saved)} epoch_N.pth.tar file(s); "
+                            f"resume needs the state, so start over in another --output-dir or remove them")
+        logger.info("%s: nothing saved yet, starting from the beginning", path)
+        if repair:
+            _remove_interrupted_writes(output_dir)
+        return None
     state = load_training_state(path)
     for key, value in (expect or {}).items():
         if key in state and state[key] != value:
@@ -96,4 +150,22 @@ def resume_training(path, model, optimizer, scheduler, expect=None, **generators
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], **generators)
+    logger.info("resuming from %s: %d of %d epochs done", path, state["epoch"], epochs)
+    if repair:
+        _remove_interrupted_writes(output_dir)
+        if not os.path.exists(weights_path(output_dir, state["epoch"])):
+            logger.warning("%s is missing (the run was stopped before writing it): writing it again from %s",
+                           weights_path(output_dir, state["epoch"]), path)
+            save_weights(output_dir, state["epoch"], state["state_dict"])
+    if state["epoch"] >= epochs:
+        logger.info("nothing left to train")
     return state
+
+
+def _remove_interrupted_writes(output_dir):
+    """The temporary files of atomic_save and architecture.write_architecture that a kill left behind (a
+    training state's can be gigabytes)."""
+    for suffix in (".pth.tar", ".json"):
+        for leftover in glob.glob(os.path.join(glob.escape(output_dir), f"{TEMP_PREFIX}*{suffix}")):
+            os.unlink(leftover)
+            logger.info("removed %s, left by an interrupted write", leftover)

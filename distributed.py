@@ -8,7 +8,10 @@
 ``--batch-size`` is the global batch: each of N processes reads batch_size / N images a step from its own
 shard of the data, so the learning rate (scaled to the global batch) means the same for any N.
 """
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +40,8 @@ class Context:
 def init(device):
     """Join torchrun's process group (if started by torchrun); ``device`` is what the user asked for
     (hardware.get_device): a GPU run takes the GPU of its local rank."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun, even as its only process
+        _die_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context(device=device)
@@ -54,6 +59,15 @@ def init(device):
         backend = "gloo"
     dist.init_process_group(backend)
     return Context(rank, world_size, local_rank, device)
+
+
+def _die_with_launcher():
+    """torchrun starts each process in a session of its own, so a SIGKILL of torchrun (or of its process group)
+    leaves them training on, orphaned, into the checkpoints of the relaunched run: have the kernel SIGKILL this
+    process when its launcher dies (Linux's PR_SET_PDEATHSIG; nothing elsewhere)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def shutdown(context):

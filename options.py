@@ -6,6 +6,7 @@ import os
 
 from errors import UserError
 
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 RECIPE_FILE = "recipe.json"
 # flags a recipe may not set: where things are, what to resume, and the dataset itself
 _NOT_IN_RECIPES = {"help", "imagenet_dir", "output_dir", "resume", "checkpoint", "load_checkpoint", "device",
@@ -99,3 +100,9 @@ def _is_kind(value, kind):
         return False
     return {"an integer": isinstance(value, int), "a number": isinstance(value, (int, float))}.get(
         kind, isinstance(value, str))
+
+
+def project_file(name):
+    """The default for a file the project ships (architecture_final.json, config_search.yml): the working
+    folder's own when it has one, else the project's, so that a step runs from any folder."""
+    return name if os.path.exists(name) else os.path.join(PROJECT_DIR, name)

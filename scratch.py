@@ -20,7 +20,8 @@ from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
 from architecture import load_architecture, write_architecture  # noqa: E402
-from checkpoint import resume_training, save_epoch, set_seed  # noqa: E402
+from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,  # noqa: E402
+                        set_seed)
 from dataloader import ImageFolderLoader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
@@ -29,17 +30,20 @@ from loops import evaluate, train_one_epoch  # noqa: E402
 from metrics import accuracy  # noqa: E402
 from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
 from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
-from options import add_data_arguments, add_optimisation_arguments, add_performance_arguments  # noqa: E402
+from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
+                     project_file)
 
 STATE_FILE = "training_state.pth.tar"
+DEFAULT_ARCHITECTURE = "architecture_final.json"
 PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--architecture", "--fixed-arc", dest="architecture", default="architecture_final.json",
+    parser.add_argument("--architecture", "--fixed-arc", dest="architecture", default=None,
                         help="the architecture to train: NNI 1.x one-hot lists, {\"LayerChoice1\": \"2\", ...}, "
-                             "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints")
+                             "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints (default: "
+                             f"{DEFAULT_ARCHITECTURE} of the working folder, else the project's own)")
     add_data_arguments(parser, workers=4)
     group = add_optimisation_arguments(parser, batch_size=1024, epochs=240)
     group.add_argument("--lr-decay", choices=("linear", "cosine"), default="linear",
@@ -55,7 +59,10 @@ def parse_args(argv=None):
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--log-frequency", type=int, default=10)
     group.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.architecture is None:
+        args.architecture = project_file(DEFAULT_ARCHITECTURE)
+    return args
 
 
 def main(argv=None):
@@ -103,13 +110,15 @@ def train(args, architecture, context):
 
     start_epoch, history = 0, []  # history: [top-1, top-5] on val after each epoch
     state_path = os.path.join(args.output_dir, STATE_FILE)
+    # what a saved state must have been trained for to be continued: this net, the same data and steps an epoch
+    identity = {"architecture": list(architecture), "dataset": describe_dataset(train_loader),
+                "--batch-size": args.batch_size}
     if args.resume:
-        state = resume_training(state_path, model, optimizer, scheduler, expect={"architecture": list(architecture)})
-        start_epoch, history = state["epoch"], [list(h) for h in state.get("history", [])]
-        logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
-        train_loader.set_epoch(start_epoch)  # the shuffle the interrupted run would have used next
-        if start_epoch >= args.epochs:
-            logger.info("nothing left to train")
+        state = resume_training(args.output_dir, STATE_FILE, args.epochs, model, optimizer, scheduler,
+                                expect=identity, repair=context.is_main)
+        if state:
+            start_epoch, history = state["epoch"], [list(h) for h in state.get("history", [])]
+            train_loader.set_epoch(start_epoch)  # the shuffle the interrupted run would have used next
     trained_model = distributed.wrap(model, context, supernet=False)
     # only now: a refused resume leaves the run it was pointed at as it was
     if context.is_main:
@@ -118,8 +127,9 @@ def train(args, architecture, context):
 
     from torch.utils.tensorboard import SummaryWriter
 
-    # after a resume, hide what the interrupted run logged past its last saved epoch; rank 0 alone writes
-    writer = (SummaryWriter(log_dir=args.tb_dir, purge_step=start_epoch * steps if start_epoch else None)
+    # after a resume, hide what the interrupted run logged past its last saved state (all of it when nothing was
+    # saved); rank 0 alone writes
+    writer = (SummaryWriter(log_dir=args.tb_dir, purge_step=start_epoch * steps if args.resume else None)
               if context.is_main else _NoWriter())
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -128,14 +138,19 @@ def train(args, architecture, context):
             train_stats = train_one_epoch(trained_model, train_loader, train_criterion, optimizer, scheduler, epoch,
                                           args.epochs, args.log_frequency, autocast_dtype=autocast_dtype)
             val_stats = evaluate(model, val_loader, criterion, autocast_dtype=autocast_dtype)
-            writer.add_scalar("loss/test", val_stats["loss"], global_step=epoch)
-            writer.add_scalar("acc1/test", val_stats["top1"], global_step=epoch)
-            writer.add_scalar("acc5/test", val_stats["top5"], global_step=epoch)
-            writer.flush()
             history.append([val_stats["top1"], val_stats["top5"]])
-            if context.is_main:
-                save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler,
-                           extra={"architecture": list(architecture), "history": history})
+            writer.flush()  # the epoch's training scalars, before the state that keeps them
+            if context.is_main:  # the state first: see checkpoint.py
+                save_training_state(state_path, epoch + 1, model, optimizer, scheduler,
+                                    extra={**identity, "history": history})
+                # val scalars are stepped by epoch, out of purge_step's reach (it counts training steps), so they
+                # are logged once the state keeps their epoch, never for one a resumed run trains again (a kill
+                # in the instant before the flush loses them; top-1 and top-5 stay in the state's history)
+                writer.add_scalar("loss/test", val_stats["loss"], global_step=epoch)
+                writer.add_scalar("acc1/test", val_stats["top1"], global_step=epoch)
+                writer.add_scalar("acc5/test", val_stats["top5"], global_step=epoch)
+                writer.flush()
+                save_weights(args.output_dir, epoch + 1, model.state_dict())
             distributed.barrier(context)
             logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
                         "val loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
@@ -227,6 +242,7 @@ def evaluate_checkpoint(args, architecture):
     val_loader = make_loader(args, "val", device, classes=classes)
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=val_loader.num_classes, affine=True,
                                 architecture=architecture)
+    logger.info("architecture %s: %s", args.architecture, ",".join(map(str, architecture)))
     load_weights(model, args.evaluate)
     prepare_model(model, device, args.channels_last)
     stats = evaluate(fold_batch_norms(model), val_loader, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),

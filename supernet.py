@@ -16,13 +16,14 @@ import time  # noqa: E402
 from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
-from checkpoint import resume_training, save_epoch, set_seed  # noqa: E402
+from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,  # noqa: E402
+                        set_seed)
 from dataloader import ImageFolderLoader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
 from logs import logger, save_args, setup_logging  # noqa: E402
 from loops import evaluate, train_one_epoch  # noqa: E402
-from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
+from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
 from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
 from options import add_data_arguments, add_optimisation_arguments, add_performance_arguments  # noqa: E402
 
@@ -62,8 +63,6 @@ def train(args, context):
     if args.batch_size < 1 or args.epochs < 1:
         raise UserError(f"--batch-size and --epochs must be positive, got {args.batch_size} and {args.epochs}")
     batch_size = distributed.per_process_batch_size(args.batch_size, context)
-    if context.is_main:
-        save_args(args, args.output_dir)
     set_seed(args.seed)
     device = context.device
 
@@ -93,17 +92,25 @@ def train(args, context):
     scheduler = make_lr_scheduler(optimizer, args.epochs * len(train_loader), "linear")
     path_rng = random.Random(args.seed)
     sample_architecture = distributed.shared_draw(FlopsBinnedSampler(model, path_rng), context)
+    # the sampler's FLOPs table is counted on throwaway blocks whose init draws from torch's generator: count it
+    # now, before a resume restores that generator, so that a resumed run draws the dropout masks (and so
+    # trains the weights) an uninterrupted run does
+    model.get_candidate_flops((0,) * NUM_LAYERS)
     trained_model = distributed.wrap(model, context, supernet=True)
 
     start_epoch = 0
     state_path = os.path.join(args.output_dir, STATE_FILE)
+    # what a saved state must have been trained on to be continued: the same data, the same steps an epoch
+    identity = {"dataset": describe_dataset(train_loader), "--batch-size": args.batch_size}
     if args.resume:
-        # the generator is named "paths": "path" is resume_training's own first argument
-        start_epoch = resume_training(state_path, model, optimizer, scheduler, paths=path_rng)["epoch"]
-        train_loader.set_epoch(start_epoch)
-        logger.info("resuming from %s: %d of %d epochs done", state_path, start_epoch, args.epochs)
-        if start_epoch >= args.epochs:
-            logger.info("nothing left to train")
+        state = resume_training(args.output_dir, STATE_FILE, args.epochs, model, optimizer, scheduler,
+                                expect=identity, repair=context.is_main, paths=path_rng)
+        if state:
+            start_epoch = state["epoch"]
+            train_loader.set_epoch(start_epoch)
+    # only now: a refused resume leaves the run it was pointed at as it was
+    if context.is_main:
+        save_args(args, args.output_dir)
 
     history = []
     for epoch in range(start_epoch, args.epochs):
@@ -115,8 +122,10 @@ def train(args, context):
         val_stats = evaluate(model, val_loader, criterion,
                              sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)),
                              autocast_dtype=autocast_dtype)
-        if context.is_main:
-            save_epoch(args.output_dir, STATE_FILE, epoch + 1, model, optimizer, scheduler, paths=path_rng)
+        if context.is_main:  # the state first: see checkpoint.py
+            save_training_state(state_path, epoch + 1, model, optimizer, scheduler, extra=identity,
+                                paths=path_rng)
+            save_weights(args.output_dir, epoch + 1, model.state_dict())
         distributed.barrier(context)
         logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
                     "val on random paths loss %.4f top1 %.4f top5 %.4f (%d images) | saved epoch_%d.pth.tar",

@@ -43,7 +43,7 @@ from errors import UserError, run_main  # noqa: E402
 from hardware import compute_dtype, get_device  # noqa: E402
 from logs import logger, setup_logging  # noqa: E402
 from network import OFFICIAL_CHECKPOINT  # noqa: E402
-from options import add_data_arguments, add_performance_arguments  # noqa: E402
+from options import add_data_arguments, add_performance_arguments, project_file  # noqa: E402
 from scoring import evaluate_candidate, load_scoring_data, load_supernet, log_scoring_data, resolve_checkpoint  # noqa: E402
 
 
@@ -67,8 +67,9 @@ def parse_args(argv=None):
     group.add_argument("--evolution", action="store_true",
                        help="run the whole evolution search in this process (no nnictl): the tuner's settings "
                             "from --search-config, each candidate scored on data decoded once")
-    group.add_argument("--search-config", default="config_search.yml",
-                       help="the NNI config whose tuner.classArgs the in-process search uses")
+    group.add_argument("--search-config", default=None,
+                       help="the NNI config whose tuner.classArgs the in-process search uses (default: "
+                            "config_search.yml of the working folder, else the project's own)")
     group.add_argument("--output-dir", default="./search_output",
                        help="the in-process search writes its exports to <output-dir>/checkpoints")
     group.add_argument("--search-workers", type=int, default=0,
@@ -79,7 +80,10 @@ def parse_args(argv=None):
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--log-frequency", type=int, default=10)
     group.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.search_config is None:
+        args.search_config = project_file("config_search.yml")
+    return args
 
 
 def candidate_from_parameters(parameters):

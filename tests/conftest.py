@@ -1,5 +1,6 @@
-"""Shared fixtures: the repository on sys.path, the real digits dataset (written once per test run), a fresh
-interpreter to run code in, a digits supernet checkpoint, the environment of a user who activated the venv."""
+"""Shared fixtures: the repository on sys.path, the real digits dataset (written once per test run) and a small
+subset of it, a fresh interpreter to run code in, a digits supernet checkpoint, the environment of a user who
+activated the venv."""
 import os
 import subprocess
 import sys
@@ -31,6 +32,21 @@ def digits_dir(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("data") / "digits")
     write_digits(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits_dir, tmp_path_factory):
+    """The first 40 train and 10 val scans of each digit (6 steps of 64 an epoch), for quick runs."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small") / "digits"
+    for split, keep in (("train", 40), ("val", 10)):
+        for name in sorted(os.listdir(os.path.join(digits_dir, split))):
+            os.makedirs(root / split / name)
+            for file in sorted(os.listdir(os.path.join(digits_dir, split, name)))[:keep]:
+                shutil.copy(os.path.join(digits_dir, split, name, file), root / split / name / file)
+    shutil.copy(os.path.join(digits_dir, "preprocessing.json"), root)
     return root
 
 

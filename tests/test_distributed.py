@@ -1,11 +1,15 @@
-"""torchrun with 2 gloo processes on CPU: supernet.py and scratch.py on digits, and the DDP invariants."""
+"""torchrun with 2 gloo processes on CPU: supernet.py and scratch.py on digits, killed and resumed, run from
+another folder, and the DDP invariants."""
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import torch
+
+from checkpoint import KILL_POINT_VARIABLE, load_training_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -47,12 +51,39 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_torchrun(args, tmp_path, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def run_torchrun(args, tmp_path, timeout=300, kill_point=None):
+    """torchrun ``args`` from ``tmp_path``; with ``kill_point``, rank 0 SIGKILLs itself there (checkpoint.py's
+    test-only hook) and torchrun stops the other rank and fails."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **({KILL_POINT_VARIABLE: kill_point} if kill_point else {}))
     result = subprocess.run(TORCHRUN + args, cwd=str(tmp_path), env=env, capture_output=True, text=True,
                             timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode != 0) == bool(kill_point), result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+
+def killed_torchrun(args, tmp_path, at_line, timeout=300):
+    """torchrun ``args`` from ``tmp_path``, SIGKILLed once rank 0 logs ``at_line``; returns its output and
+    the processes it had started that outlived it by 10 s (each then SIGKILLed too)."""
+    import psutil
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    output = tmp_path / "killed.txt"
+    with open(output, "w") as out:
+        process = subprocess.Popen(TORCHRUN + args, cwd=str(tmp_path), env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    started = []
+    try:
+        while at_line not in output.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+            time.sleep(0.01)
+        started = psutil.Process(process.pid).children(recursive=True)
+    finally:
+        process.kill()  # torchrun alone: its workers run in sessions of their own
+        process.wait()
+    _, outlived = psutil.wait_procs(started, timeout=10)
+    for orphan in outlived:
+        orphan.kill()
+    return output.read_text(), outlived
 
 
 def test_ranks_share_paths_and_weights(digits_dir, tmp_path):
@@ -79,26 +110,44 @@ def test_ranks_share_paths_and_weights(digits_dir, tmp_path):
                 assert torch.equal(weights[0][key], initial[key]), key
 
 
-def test_supernet_and_scratch_under_torchrun(digits_dir, tmp_path):
+def test_supernet_under_torchrun_resumes_from_a_kill_between_the_checkpoint_writes(small_digits, tmp_path):
     out = tmp_path / "supernet"
-    log = run_torchrun([os.path.join(REPO, "supernet.py"), "--imagenet-dir", digits_dir, "--input-size", "32",
-                        "--batch-size", "64", "--epochs", "1", "--workers", "1", "--output-dir", str(out)], tmp_path)
-    assert "2 process(es)" in log
-    assert log.count("Epoch [1/1] done") == 1  # rank 0 alone logs
-    assert "(300 images)" in log  # every val image counted once across the two shards
-    assert sorted(p for p in os.listdir(out) if p.endswith(".pth.tar")) == ["epoch_1.pth.tar",
-                                                                          "training_state.pth.tar"]
+    command = [os.path.join(REPO, "supernet.py"), "--imagenet-dir", str(small_digits), "--input-size", "32",
+               "--batch-size", "64", "--epochs", "2", "--workers", "1", "--output-dir", str(out), "--resume"]
+    # the first launch of a command relaunched with --resume; rank 0 stops between epoch 1's two writes
+    log = run_torchrun(command, tmp_path, kill_point="between-writes")
+    assert "nothing saved yet, starting from the beginning" in log
+    assert load_training_state(out / "training_state.pth.tar")["epoch"] == 1 and not (out / "epoch_1.pth.tar").exists()
 
-    log = run_torchrun([os.path.join(REPO, "supernet.py"), "--imagenet-dir", digits_dir, "--input-size", "32",
-                        "--batch-size", "64", "--epochs", "2", "--workers", "1", "--output-dir", str(out),
-                        "--resume"], tmp_path)
-    assert "1 of 2 epochs done" in log and "Epoch [2/2] done" in log
+    log = run_torchrun(command, tmp_path)
+    assert "2 process(es)" in log and "1 of 2 epochs done" in log
+    assert log.count("epoch_1.pth.tar is missing") == 1  # rank 0 alone writes it again
+    assert "Epoch [1/2]" not in log and log.count("Epoch [2/2] done") == 1  # rank 0 alone logs
+    assert "(100 images)" in log  # every val image counted once across the two shards
+    assert sorted(p for p in os.listdir(out) if p.endswith(".pth.tar")) == [
+        "epoch_1.pth.tar", "epoch_2.pth.tar", "training_state.pth.tar"]
 
-    out = tmp_path / "scratch"
-    log = run_torchrun([os.path.join(REPO, "scratch.py"), "--fixed-arc", os.path.join(REPO, "architecture_final.json"),
-                        "--imagenet-dir", digits_dir, "--input-size", "32", "--batch-size", "64", "--epochs", "1",
-                        "--workers", "1", "--output-dir", str(out), "--tb-dir", str(tmp_path / "runs")], tmp_path)
-    assert "2 process(es)" in log
-    assert log.count("Epoch [1/1] done") == 1
-    assert os.path.exists(out / "epoch_1.pth.tar")
-    assert len(os.listdir(tmp_path / "runs")) == 1  # one TensorBoard event file: rank 0's
+
+def test_scratch_under_torchrun_from_another_folder_resumes_after_all_processes_are_killed(small_digits, tmp_path):
+    """No --fixed-arc and no architecture_final.json in the working folder: the project's own is used."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, runs = tmp_path / "scratch", tmp_path / "runs"
+    command = [os.path.join(REPO, "scratch.py"), "--imagenet-dir", str(small_digits), "--input-size", "32",
+               "--batch-size", "64", "--epochs", "2", "--workers", "1", "--log-frequency", "1", "--output-dir",
+               str(out), "--tb-dir", str(runs), "--resume"]
+    log, outlived = killed_torchrun(command, tmp_path, at_line="Epoch [2/2] Step [2/6]")
+    assert not outlived  # the workers died with torchrun, not training on into the relaunched run's files
+    assert f"architecture {os.path.join(REPO, 'architecture_final.json')}: 2,1,0,1,2,0,2,0,2,0,2,3" in log
+    assert "2 process(es)" in log and log.count("Epoch [1/2] done") == 1
+    assert load_training_state(out / "training_state.pth.tar")["epoch"] == 1  # epoch 2 was not finished by orphans
+
+    log = run_torchrun(command, tmp_path)
+    assert "1 of 2 epochs done" in log and log.count("Epoch [2/2] done") == 1 and "Epoch [1/2]" not in log
+    assert os.path.exists(out / "epoch_2.pth.tar")
+    assert len(os.listdir(runs)) == 2  # one TensorBoard event file a launch: rank 0's
+    events = EventAccumulator(str(runs))
+    events.Reload()
+    # the killed launch's steps of epoch 2 hidden by the resumed one's purge_step: each step once
+    assert [e.step for e in events.Scalars("loss/train")] == list(range(2 * 6))
+    assert [e.step for e in events.Scalars("acc1/test")] == [0, 1]

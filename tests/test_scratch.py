@@ -238,6 +238,22 @@ def test_evaluate_prints_the_accuracy_of_a_saved_checkpoint(digits_run, digits_d
     assert not os.path.exists(tmp_path / "unused")  # evaluating writes nothing
 
 
+def test_from_another_folder_the_default_architecture_is_the_projects_unless_the_folder_has_one(
+        digits_run, digits_dir, tmp_path):
+    checkpoint = os.path.join(digits_run[0], f"epoch_{EPOCHS}.pth.tar")
+    command = [sys.executable, SCRATCH, "--evaluate", checkpoint, "--imagenet-dir", digits_dir, *DIGITS_ARGS]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"architecture {FINAL}: 2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3" in result.stderr
+    assert "top-1" in result.stdout
+
+    write(tmp_path / "architecture_final.json", [3] * 20)  # the working folder's own comes first
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "architecture architecture_final.json: 3,3,3" in result.stderr
+    assert "does not fit this network" in result.stderr
+
+
 def test_evaluate_refuses_weights_of_another_architecture(digits_run, digits_dir, tmp_path):
     output_dir, _, _, _ = digits_run
     other = write(tmp_path / "other.json", [3] * 20)

@@ -1,8 +1,8 @@
-"""supernet.py (step 1) on the real digits: checkpoints, learning, kill and --resume, update rules, bad input."""
+"""supernet.py (step 1) on the real digits: checkpoints, learning, update rules, bad input and refused resumes
+(tests/test_resume.py kills and resumes it)."""
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -13,6 +13,7 @@ from torch import nn
 import supernet
 from conftest import REPO
 from dataloader import ImageFolderLoader
+from errors import UserError
 from loops import train_one_epoch
 from network import ShuffleNetV2OneShot, load_weights
 from optim import make_lr_scheduler, make_optimizer
@@ -29,19 +30,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def small_digits(digits_dir, tmp_path_factory):
-    """The first 40 train and 10 val scans of each digit (6 steps of 64 an epoch), for quick runs."""
-    root = tmp_path_factory.mktemp("small") / "digits"
-    for split, keep in (("train", 40), ("val", 10)):
-        for name in sorted(os.listdir(os.path.join(digits_dir, split))):
-            os.makedirs(root / split / name)
-            for file in sorted(os.listdir(os.path.join(digits_dir, split, name)))[:keep]:
-                shutil.copy(os.path.join(digits_dir, split, name, file), root / split / name / file)
-    shutil.copy(os.path.join(digits_dir, "preprocessing.json"), root)
-    return root
-
-
 def run_args(data, output_dir, epochs, *extra):
     return ["--imagenet-dir", str(data), "--input-size", "32", "--batch-size", "64", "--epochs", str(epochs),
             "--workers", "1", "--output-dir", str(output_dir), "--log-frequency", "1", *extra]
@@ -52,15 +40,22 @@ def run_script(*args, timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_one_epoch_writes_weights_state_and_arguments(small_digits, tmp_path):
-    history = supernet.main(run_args(small_digits, tmp_path, 1))
+@pytest.fixture(scope="module")
+def one_epoch_run(small_digits, tmp_path_factory):
+    """supernet.py for 1 epoch on the small digits: its output folder (tests that change it copy it) and history."""
+    output_dir = tmp_path_factory.mktemp("one_epoch")
+    return output_dir, supernet.main(run_args(small_digits, output_dir, 1))
+
+
+def test_one_epoch_writes_weights_state_and_arguments(one_epoch_run):
+    output_dir, history = one_epoch_run
     assert [h["epoch"] for h in history] == [1]
     assert history[0]["val"]["images"] == 100  # every val image, once
-    assert sorted(f for f in os.listdir(tmp_path) if not f.startswith(".")) == [
+    assert sorted(f for f in os.listdir(output_dir) if not f.startswith(".")) == [
         "args.json", "epoch_1.pth.tar", "supernet.log", "training_state.pth.tar"]
     model = ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE)
-    load_weights(model, str(tmp_path / "epoch_1.pth.tar"))  # what tester.py and scratch.py load
-    state = torch.load(tmp_path / "training_state.pth.tar", weights_only=True)
+    load_weights(model, str(output_dir / "epoch_1.pth.tar"))  # what tester.py and scratch.py load
+    state = torch.load(output_dir / "training_state.pth.tar", weights_only=True)
     assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 6
     assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))
     assert torch.equal(state["state_dict"]["classifier.0.weight"], model.classifier[0].weight)
@@ -138,36 +133,6 @@ def test_weight_decay_on_conv_and_linear_weights_only_and_linear_lr_decay():
     assert optimizer.param_groups[0]["lr"] == 0
 
 
-def test_sigkill_during_epoch_2_then_resume_finishes(small_digits, tmp_path):
-    command = [sys.executable, os.path.join(REPO, "supernet.py"), *run_args(small_digits, tmp_path, 3)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = False
-    try:
-        for line in process.stderr:
-            if "Epoch [2/3] Step [2/6]" in line:
-                os.kill(process.pid, signal.SIGKILL)
-                killed = True
-                break
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-        process.stderr.close()
-    assert killed and process.returncode == -signal.SIGKILL
-    assert os.path.exists(tmp_path / "epoch_1.pth.tar") and not os.path.exists(tmp_path / "epoch_2.pth.tar")
-    assert torch.load(tmp_path / "training_state.pth.tar", weights_only=True)["epoch"] == 1
-
-    resumed = run_script(*run_args(small_digits, tmp_path, 3), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {tmp_path / 'training_state.pth.tar'}: 1 of 3 epochs done" in resumed.stderr
-    assert "Epoch [1/3]" not in resumed.stderr and "Epoch [3/3] done" in resumed.stderr
-    state = torch.load(tmp_path / "training_state.pth.tar", weights_only=True)
-    assert state["epoch"] == 3 and state["scheduler"]["last_epoch"] == 3 * 6  # the LR schedule went on
-    for epoch in (1, 2, 3):
-        load_weights(ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE),
-                     str(tmp_path / f"epoch_{epoch}.pth.tar"))
-    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # no torn temporary files
-
-
 def error_lines(result):
     return [line for line in result.stderr.splitlines() if "ERROR" in line or line.startswith("error:")]
 
@@ -193,13 +158,46 @@ def test_truncated_load_checkpoint_exits_2_naming_it(small_digits, tmp_path):
     assert f"{checkpoint}: not a readable PyTorch checkpoint" in line
 
 
-def test_resume_without_a_state_and_with_another_dataset_are_user_errors(small_digits, tmp_path):
-    result = run_script(*run_args(small_digits, tmp_path, 1), "--resume")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = error_lines(result)
-    assert f"{tmp_path / 'training_state.pth.tar'}: no resumable state" in line
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])
 
-    # a state of a 1000-class supernet does not fit a 10-class dataset
+
+def remove_state(path):
+    path.unlink()
+
+
+REFUSED_RESUMES = {  # what is done to the run or its command, what the one line must say
+    "truncated state": (truncate, [], "training_state.pth.tar: not a readable training state"),
+    "foreign state": (lambda path: torch.save({"model": {}}, path), [],
+                      "training_state.pth.tar: not a training state of this project"),
+    "weights without a state": (remove_state, [], "training_state.pth.tar: not found, yet"),
+    "another dataset": (None, ["--imagenet-dir", "FULL_DIGITS"],
+                        "training_state.pth.tar: was written for dataset 10 classes (0..9), 400 train images, "
+                        "not 10 classes (0..9), 1497 train images"),
+    "another batch size": (None, ["--batch-size", "32"],
+                           "training_state.pth.tar: was written for --batch-size 64, not 32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_RESUMES))
+def test_resume_refuses_a_state_it_cannot_continue_and_leaves_the_run_as_it_was(
+        case, one_epoch_run, small_digits, digits_dir, tmp_path):
+    change, extra, message = REFUSED_RESUMES[case]
+    output_dir = tmp_path / "run"
+    shutil.copytree(one_epoch_run[0], output_dir)
+    if change:
+        change(output_dir / "training_state.pth.tar")
+    before = {name: (output_dir / name).read_bytes() for name in os.listdir(output_dir) if name != "supernet.log"}
+    extra = [digits_dir if arg == "FULL_DIGITS" else arg for arg in extra]
+    with pytest.raises(UserError) as refused:
+        supernet.main(run_args(small_digits, output_dir, 2, "--resume", *extra))
+    assert message in str(refused.value) and str(output_dir) in str(refused.value)
+    after = {name: (output_dir / name).read_bytes() for name in os.listdir(output_dir) if name != "supernet.log"}
+    assert after == before  # no work lost: not even args.json was rewritten
+
+
+def test_resume_of_a_1000_class_state_on_10_classes_exits_2_naming_it(small_digits, tmp_path):
     model = ShuffleNetV2OneShot(input_size=32, op_flops_path=NO_TABLE)
     optimizer = make_optimizer(model, 0.1, 0.9, 4e-5)
     scheduler = make_lr_scheduler(optimizer, 10)
