@@ -26,11 +26,12 @@ a failed trial is done at once. A round closes when every one of its candidates 
 
 Resume: ``nnictl resume ID`` restarts the tuner (NNI calls ``load_checkpoint``), as ``resume=True`` does for
 ``tester.py --evolution --resume``. The tuner reloads search_state.json (every candidate with its outcome,
-the rounds, the random state), takes the results NNI replays through ``import_data`` (its finished trials,
-and later those of the trials it re-runs because they were running when the experiment stopped), and hands
-out again only the open round's candidates that have no result and that NNI does not re-run. With the same
-seed and results a resumed search evaluates the same candidates as one never stopped. A new search (not a
-resume) in a folder that holds an earlier one moves that folder aside first.
+the rounds, the random state). NNI re-runs the trials that were running when it stopped and sends their
+results through ``import_data``; the tuner hands out again only the open round's other candidates without
+an outcome. (NNI also replays its finished trials through ``import_data``: the tuner only checks those
+against its own, see ``import_data``.) With the same seed and results a resumed search evaluates the same
+candidates as one never stopped. A new search (not a resume) in a folder that holds an earlier one moves
+that folder aside first.
 """
 import csv
 import functools
@@ -135,7 +136,6 @@ class EvolutionWithFlops(Tuner):
         self._running = {}  # parameter id -> candidate handed out in this run, neither result nor end yet
         self._awaiting = {}  # parameter id -> (candidate, when its trial ended, timer): ended, result to come
         self._resumed = {}  # candidate -> timer: trials NNI re-runs after a resume (their results: import_data)
-        self._replayed = {}  # candidate -> (accuracy, before, trial id) replayed by NNI, not generated yet
         self._pending_ids = deque()  # parameter ids NNI asked for while this round had nothing left to hand out
         self._send_trial = None  # NNI's st_callback(parameter_id, parameters)
         self._resumed_by_nni = False
@@ -250,10 +250,12 @@ class EvolutionWithFlops(Tuner):
             self._save()
 
     def import_data(self, data):
-        """Results NNI replays (``[{"parameter": ..., "value": ...}, ...]``): on `nnictl resume`, those of the
-        finished trials first, then one by one those of the trials NNI re-runs; also `nnictl experiment import`.
-        A result for a candidate without an outcome becomes its outcome; one for a candidate not generated yet
-        is kept and used if the search generates it."""
+        """Results NNI replays as ``[{"parameter": ..., "value": ...}, ...]``. On `nnictl resume` it replays its
+        finished trials first, all at once: the tuner has those in search_state.json already, and only checks
+        them, because NNI pairs them with the parameters its database recorded for the trial, which for some
+        trials are another trial's (its local training service hands parameters out in its own order). Then,
+        one by one, the results of the trials NNI re-runs, paired through their own parameter id: each becomes
+        its candidate's outcome."""
         with self._lock:
             counts = Counter()
             for entry in data:
@@ -263,22 +265,23 @@ class EvolutionWithFlops(Tuner):
                     counts["unreadable"] += 1
                     continue
                 accuracy, before = parse_result(entry.get("value"))
-                trial_job_id = entry.get("trialJobId") or ""
                 record = self.history.get(candidate)
-                if record is None:
-                    self._replayed[candidate] = (accuracy, before, trial_job_id)
-                    counts["not generated yet"] += 1
-                elif record["status"] in OUTCOMES:
-                    counts["already known"] += 1
-                else:
-                    self._take_over(candidate)
+                if candidate in self._resumed:
+                    self._resumed.pop(candidate).cancel()
                     self._record_outcome(candidate, "succeeded" if accuracy is not None else "bad result", accuracy,
-                                         before, trial_job_id)
-                    counts["new outcomes"] += 1
-            logger.info("import_data: %d results NNI replayed: %d already known, %d new outcomes for this round's "
-                        "candidates, %d kept for candidates not generated yet, %d unreadable", len(data),
-                        counts["already known"], counts["new outcomes"], counts["not generated yet"],
-                        counts["unreadable"])
+                                         before, entry.get("trialJobId") or "")
+                    counts["from trials NNI re-ran"] += 1
+                elif record is not None and record["status"] in OUTCOMES:
+                    agrees = record["accuracy"] is not None and accuracy is not None and math.isclose(
+                        record["accuracy"], accuracy, rel_tol=1e-6, abs_tol=1e-9)
+                    counts["agree" if agrees else "paired with another candidate"] += 1
+                else:  # NNI's pairing cannot be trusted for it: it is evaluated (again)
+                    counts["ignored"] += 1
+            logger.info("import_data: %d results NNI replayed: %d agree with %s, %d pair a result with another "
+                        "candidate than the tuner's, %d from trials NNI re-ran, %d ignored (no outcome here: NNI's "
+                        "pairing is not trusted, those are evaluated again), %d unreadable", len(data),
+                        counts["agree"], STATE_FILE, counts["paired with another candidate"],
+                        counts["from trials NNI re-ran"], counts["ignored"], counts["unreadable"])
             if self._this_resume is not None:
                 replayed = self._this_resume["replayed"]
                 replayed["records"] += len(data)
@@ -399,11 +402,9 @@ class EvolutionWithFlops(Tuner):
         if self.resume:
             if os.path.exists(self.state_path):
                 return read_state(self.state_path)
-            if not self._resumed_by_nni:
-                raise ValueError(f"{self.checkpoint_dir}: no {STATE_FILE} there, so no search to resume")
-            logger.warning("nnictl resume: no %s in %s: the search starts again from round 1 (with the same seed it "
-                           "generates the same candidates; results NNI replays are used for them)", STATE_FILE,
-                           self.checkpoint_dir)
+            raise ValueError(f"{self.checkpoint_dir}: no {STATE_FILE} there, so no search to resume"
+                             + (" (an experiment whose tuner did not write it cannot be continued: create a new one)"
+                                if self._resumed_by_nni else ""))
         if any(os.path.exists(os.path.join(self.checkpoint_dir, name)) for name in (STATE_FILE, TABLE_FILE)):
             moved = f"{self.checkpoint_dir}-{time.strftime('%Y%m%d-%H%M%S')}"
             suffix = 1
@@ -471,13 +472,9 @@ class EvolutionWithFlops(Tuner):
                 logger.warning("%s", e)
                 continue
             record = self.history.get(candidate)
-            if record is None:
-                logger.info("NNI re-runs parameter %s (%s), which this search has not generated (yet): its result "
-                            "is kept for it", parameter_id, format_choices(candidate))
-                continue
-            if record["status"] != "queued":
-                logger.info("NNI re-runs parameter %s (%s), which already has an outcome here: its result will be "
-                            "ignored", parameter_id, format_choices(candidate))
+            if record is None or record["status"] != "queued":
+                logger.info("NNI re-runs parameter %s (%s), which has an outcome here or is not this round's: its "
+                            "result will only be checked", parameter_id, format_choices(candidate))
                 continue
             self._queue.remove(candidate)
             record.update(status="resumed by NNI", parameter_id=parameter_id)
@@ -573,18 +570,6 @@ class EvolutionWithFlops(Tuner):
             self._advance()
             self._save()
 
-    def _take_over(self, candidate):
-        """Stop waiting for ``candidate`` anywhere: NNI replayed its result."""
-        if candidate in self._queue:
-            self._queue.remove(candidate)
-        timer = self._resumed.pop(candidate, None)
-        if timer is not None:
-            timer.cancel()
-        for parameter_id in [p for p, c in self._running.items() if c == candidate]:
-            del self._running[parameter_id]
-        for parameter_id in [p for p, entry in self._awaiting.items() if entry[0] == candidate]:
-            self._awaiting.pop(parameter_id)[2].cancel()
-
     def _unexpected_result(self, parameter_id, parameters):
         try:
             candidate = parse_architecture(parameters, f"parameters of {parameter_id}")
@@ -630,19 +615,10 @@ class EvolutionWithFlops(Tuner):
             self._finish(f"round {self.round}: no legal candidate left to evaluate (flops_limit {self.flops_limit:.4g}"
                          f", {len(self.history)} candidates seen)", error=True)
             return
-        reused = 0
-        for candidate in population:
-            if candidate in self._replayed:  # NNI replayed its result before this run generated it
-                accuracy, before, trial_job_id = self._replayed.pop(candidate)
-                self._record_outcome(candidate, "succeeded" if accuracy is not None else "bad result", accuracy,
-                                     before, trial_job_id)
-                reused += 1
-            else:
-                self._queue.append(candidate)
+        self._queue.extend(population)
         origins = [self.history[c]["origin"] for c in population]
-        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)%s", self.round,
-                    self.max_epochs, len(population), origins.count("mutation"), origins.count("crossover"),
-                    origins.count("random"), f", {reused} with a result NNI replayed" if reused else "")
+        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)", self.round, self.max_epochs,
+                    len(population), origins.count("mutation"), origins.count("crossover"), origins.count("random"))
 
     def _close_round(self):
         members = self._members(self.round)

@@ -471,9 +471,11 @@ def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tm
         before.running
     stopped.trial_end(ended_id, True)  # ended; its result never reached NNI
     scored_before_stop = {c for c, r in stopped.history.items() if r["status"] == "succeeded"}
-    # what NNI replays on resume: every finished trial's result, with one the tuner never got
+    # what NNI replays on resume: every finished trial's result with the parameters its database recorded,
+    # which for two trials started together are each other's; and one result the tuner never got
     replay = [{"parameter": EvolutionWithFlops.to_parameters(c), "value": value_of(score(c)), "trialJobId": f"t{i}"}
               for i, c in enumerate(sorted(scored_before_stop))]
+    replay[0]["parameter"], replay[1]["parameter"] = replay[1]["parameter"], replay[0]["parameter"]
     replay.append({"parameter": reported, "value": value_of(score(parse_architecture(reported, "test"))),
                    "trialJobId": "reported just before the stop"})
     del stopped  # the process ends; only its files remain
@@ -495,18 +497,18 @@ def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tm
     handed_after = [c for _, c in after.handed]
     assert len(handed_after) == len(set(handed_after))
     assert not set(handed_after) & scored_before_stop  # nothing with a result is handed out again
-    again = {parse_architecture(p, "test") for p in (ended, cancelled)}
+    # the candidates of round 2 without an outcome are evaluated again; with nnictl, except the one NNI re-runs
+    again = {parse_architecture(p, "test") for p in (ended, cancelled, reported)}
+    assert again <= set(handed_after)
+    (resume,) = read_search_state(tmp_path / "search")["resumes"]
+    assert resume["open_in_round"] == 6 - len(scored_before_stop - set(reference._members(1)))
     if how == "nnictl resume":
-        assert again <= set(handed_after)
-        assert not {parse_architecture(p, "test") for p in (reported, rerun)} & set(handed_after)
-        (resume,) = read_search_state(tmp_path / "search")["resumes"]
-        assert resume["replayed"] == {"records": len(replay) + 1, "already known": len(replay) - 1,
-                                      "new outcomes": 2}
+        assert parse_architecture(rerun, "test") not in handed_after
         assert resume["trials_nni_resumes"] == 1
-    else:  # no NNI: every candidate of round 2 without an outcome is evaluated again
-        assert again | {parse_architecture(p, "test") for p in (reported, rerun)} <= set(handed_after)
-        (resume,) = read_search_state(tmp_path / "search")["resumes"]
-        assert resume["open_in_round"] == 6 - len(scored_before_stop - set(reference._members(1)))
+        assert resume["replayed"] == {"records": len(replay) + 1, "agree": len(replay) - 3,
+                                      "paired with another candidate": 2, "ignored": 1, "from trials NNI re-ran": 1}
+    else:
+        assert parse_architecture(rerun, "test") in handed_after
 
 
 def test_a_resume_needs_the_state_and_the_same_settings(tmp_path):
@@ -534,20 +536,11 @@ def test_a_finished_search_resumed_hands_out_nothing(tmp_path):
     assert read_rows(tmp_path) == rows
 
 
-def test_nnictl_resume_without_a_state_file_reuses_what_nni_replays(tmp_path):
-    """An experiment whose folder has no search_state.json (e.g. started by an older tuner): the search
-    starts over with the same seed, and candidates NNI has results for are not evaluated again."""
-    reference = make_tuner(tmp_path / "reference", **RESUMABLE)
-    drive(reference)
-    first_round = reference._members(1)
-    replay = [{"parameter": EvolutionWithFlops.to_parameters(c), "value": value_of(score(c))} for c in first_round]
-    resumed = EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path / "search"))
+def test_nnictl_resume_without_a_state_file_is_refused(tmp_path):
+    """An experiment whose tuner wrote no search_state.json: NNI's replay alone cannot rebuild the search
+    (it pairs some results with the wrong candidates), so the tuner says so instead of starting over."""
+    resumed = EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path))
     resumed.load_checkpoint()
-    resumed.update_search_space(search_space())
-    resumed.import_data(replay)
-    assert resumed.rounds_done == 1  # round 1 closed on NNI's results alone
-    after = FakeNNI(resumed)
-    after.run()
-    assert resumed.finished
-    assert not {c for _, c in after.handed} & set(first_round)
-    assert rows_without_ids(tmp_path / "search") == rows_without_ids(tmp_path / "reference")
+    with pytest.raises(ValueError, match=f"no {STATE_FILE} there, so no search to resume \\(an experiment whose "
+                                         f"tuner did not write it cannot be continued"):
+        resumed.update_search_space(search_space())
