@@ -25,7 +25,7 @@ import yaml
 
 from architecture import load_architecture
 from errors import UserError
-from search_state import EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state
+from search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
@@ -127,7 +127,7 @@ class Demo:
         search_dir = self.search(supernet_dir)
 
         table = os.path.join(search_dir, TABLE_FILE)
-        best_file = os.path.join(search_dir, "architecture_final.json")
+        best_file = os.path.join(search_dir, BEST_FILE)
         state = self.search_state
         self.run("plot", [sys.executable, "plot_search.py", table, "-o", os.path.join(self.out, "search.png")],
                  "plot.log")
