@@ -274,14 +274,14 @@ class EvolutionWithFlops(Tuner):
                 elif record is not None and record["status"] in OUTCOMES:
                     agrees = record["accuracy"] is not None and accuracy is not None and math.isclose(
                         record["accuracy"], accuracy, rel_tol=1e-6, abs_tol=1e-9)
-                    counts["agree" if agrees else "paired with another candidate"] += 1
+                    counts["agree" if agrees else "disagree"] += 1
                 else:  # NNI's pairing cannot be trusted for it: it is evaluated (again)
                     counts["ignored"] += 1
-            logger.info("import_data: %d results NNI replayed: %d agree with %s, %d pair a result with another "
-                        "candidate than the tuner's, %d from trials NNI re-ran, %d ignored (no outcome here: NNI's "
-                        "pairing is not trusted, those are evaluated again), %d unreadable", len(data),
-                        counts["agree"], STATE_FILE, counts["paired with another candidate"],
-                        counts["from trials NNI re-ran"], counts["ignored"], counts["unreadable"])
+            logger.info("import_data: %d results NNI replayed: %d agree with %s, %d disagree (NNI pairs some results "
+                        "with another trial's parameters), %d from trials NNI re-ran, %d ignored (no outcome here, "
+                        "and NNI's pairing is not trusted: evaluated again), %d unreadable", len(data),
+                        counts["agree"], STATE_FILE, counts["disagree"], counts["from trials NNI re-ran"],
+                        counts["ignored"], counts["unreadable"])
             if self._this_resume is not None:
                 replayed = self._this_resume["replayed"]
                 replayed["records"] += len(data)
@@ -418,28 +418,31 @@ class EvolutionWithFlops(Tuner):
 
     def _restore(self, state):
         """Continue the search of ``state`` (search_state.json): same settings, search space and experiment."""
-        settings = json.loads(json.dumps(self.settings))
-        changed = [f"{key} {state['settings'].get(key)!r} there, {value!r} now" for key, value in settings.items()
-                   if state["settings"].get(key) != value]
+        settings, saved = json.loads(json.dumps(self.settings)), state.get("settings") or {}
+        changed = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in settings.items()
+                   if saved.get(key) != value]
         if changed:
             raise ValueError(f"{self.state_path}: that search has other settings ({'; '.join(changed)}): resume it "
                              f"with its own, or start a new search in another folder")
-        if state["search_space"] != [list(c) for c in self.choices]:
+        if state.get("search_space") != [list(c) for c in self.choices]:
             raise ValueError(f"{self.state_path}: that search has another search space than the one NNI gave")
         experiment = _nni_experiment_id()
-        if experiment and state["experiment_id"] and state["experiment_id"] != experiment:
+        if experiment and state.get("experiment_id") and state["experiment_id"] != experiment:
             raise ValueError(f"{self.state_path}: that search belongs to NNI experiment {state['experiment_id']}, not "
                              f"{experiment}: give each experiment its own output_dir")
-        for order, entry in enumerate(state["history"]):
-            candidate = tuple(entry["choices"])
-            self.history[candidate] = {**{k: v for k, v in entry.items() if k != "choices"}, "order": order}
-            self._flops[candidate] = entry["flops"]
-        self.round, self.rounds_done = state["round"], state["rounds_done"]
-        self.finished, self.error = state["finished"], state["error"]
-        self.results_after_end = state["results_after_trial_end"]
-        self.resumes = state["resumes"]
-        version, internal, gauss = state["random_state"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        try:
+            for order, entry in enumerate(state["history"]):
+                candidate = tuple(entry["choices"])
+                self.history[candidate] = {**{k: v for k, v in entry.items() if k != "choices"}, "order": order}
+                self._flops[candidate] = entry["flops"]
+            self.round, self.rounds_done = state["round"], state["rounds_done"]
+            self.finished, self.error = state["finished"], state["error"]
+            self.results_after_end = state["results_after_trial_end"]
+            self.resumes = state["resumes"]
+            version, internal, gauss = state["random_state"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{self.state_path}: not a complete search state ({type(e).__name__}: {e})") from None
         self.ranking = [c for c, r in self.history.items() if r["accuracy"] is not None]
         self.ranking.sort(key=self._rank_key)
         unfinished = [c for c in self._members(self.round) if self.history[c]["status"] in WAITING]

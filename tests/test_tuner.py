@@ -14,6 +14,7 @@ import nni
 import pytest
 
 from architecture import load_architecture, parse_architecture
+from errors import UserError
 from search_space import search_space
 from search_state import STATE_FILE, read_state
 from tuner import BEST_FILE, EXPORT_DIR, TABLE_FILE, EvolutionWithFlops, parse_result, reference_flops_model
@@ -506,7 +507,7 @@ def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tm
         assert parse_architecture(rerun, "test") not in handed_after
         assert resume["trials_nni_resumes"] == 1
         assert resume["replayed"] == {"records": len(replay) + 1, "agree": len(replay) - 3,
-                                      "paired with another candidate": 2, "ignored": 1, "from trials NNI re-ran": 1}
+                                      "disagree": 2, "ignored": 1, "from trials NNI re-ran": 1}
     else:
         assert parse_architecture(rerun, "test") in handed_after
 
@@ -522,8 +523,13 @@ def test_a_resume_needs_the_state_and_the_same_settings(tmp_path):
     space["LayerChoice1"]["_value"] = ["0"]
     with pytest.raises(ValueError, match="another search space"):
         EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path), resume=True).update_search_space(space)
-    (tmp_path / EXPORT_DIR / STATE_FILE).write_text("{\"rounds\": 3}")
-    with pytest.raises(Exception, match=f"{tmp_path / EXPORT_DIR / STATE_FILE}: not a search state"):
+    state_file = tmp_path / EXPORT_DIR / STATE_FILE
+    complete = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**complete, "random_state": None}))
+    with pytest.raises(ValueError, match=f"{state_file}: not a complete search state"):
+        make_tuner(tmp_path, **RESUMABLE, resume=True)
+    state_file.write_text("{\"rounds\": 3}")
+    with pytest.raises(UserError, match=f"{state_file}: not a search state of format 1"):
         make_tuner(tmp_path, **RESUMABLE, resume=True)
 
 
