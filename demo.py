@@ -4,8 +4,9 @@
 
 1. data/digits (written once), 2. supernet.py, 3. `nnictl ss_gen` and a real `nnictl create` evolution
 search with config_search_cpu.yml, waited for until the tuner's search_state.json says it is finished, then
-stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary. Everything goes to demo_output/ (replaced on each run); the experiment
-is stopped and child processes ended also when a step fails or on Ctrl-C.
+stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary. Everything goes to
+demo_output/ (replaced on each run); the experiment is stopped and child processes ended also when a step
+fails or on Ctrl-C.
 """
 import argparse
 import csv

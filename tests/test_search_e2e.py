@@ -185,7 +185,8 @@ class Search:
         trials = self.root / "environments" / "local-env" / "trials"
         scored = []
         for trial, data in finals:
-            logged = re.findall(rf"candidate \(NNI trial {trial}\): ([0-3 ]+)", (trials / trial / "trial.stderr").read_text())
+            stderr = (trials / trial / "trial.stderr").read_text()
+            logged = re.findall(rf"candidate \(NNI trial {trial}\): ([0-3 ]+)", stderr)
             scored.append((tuple(map(int, logged[-1].split())), json.loads(json.loads(data))["default"]))
         return scored
 

@@ -461,7 +461,7 @@ def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tm
     drive(reference, seed=1)
     assert reference.finished
 
-    # the same search, stopped in round 2 with four trials running
+    # the same search, stopped in round 2 with four trials running; from then on only its files are used
     stopped = make_tuner(tmp_path / "search", **RESUMABLE)
     stopped._start_timer = NoTimer
     before = FakeNNI(stopped, seed=2)
@@ -479,7 +479,6 @@ def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tm
     replay[0]["parameter"], replay[1]["parameter"] = replay[1]["parameter"], replay[0]["parameter"]
     replay.append({"parameter": reported, "value": value_of(score(parse_architecture(reported, "test"))),
                    "trialJobId": "reported just before the stop"})
-    del stopped  # the process ends; only its files remain
 
     resumed = EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path / "search"),
                                  resume=how != "nnictl resume")
