@@ -487,7 +487,7 @@ class EvolutionWithFlops(Tuner):
         if self._this_resume is not None:
             self._this_resume["trials_nni_resumes"] = taken
         logger.info("nnictl resume: NNI re-runs %d trials of this round that were running when it stopped; %d "
-                    "candidates are handed out again", taken, len(self._queue))
+                    "candidates of the round are left to hand out", taken, len(self._queue))
 
     def _state(self):
         rounds = []

@@ -10,8 +10,10 @@ import csv
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -175,8 +177,8 @@ class Search:
                 f"{tail(self.root / 'log' / 'nnimanager.log')}\n--- a trial's stderr\n{trial_log}")
 
     def scored_trials(self):
-        """(candidate, accuracy) of every final result NNI recorded (its database), the candidate as the trial
-        itself logged it (NNI's database may record a trial with another trial's parameters: see
+        """(trial id, candidate, accuracy) of every final result NNI recorded (its database), the candidate as
+        the trial itself logged it (NNI's database may record a trial with another trial's parameters: see
         tuner.import_data)."""
         import sqlite3
 
@@ -187,7 +189,7 @@ class Search:
         for trial, data in finals:
             stderr = (trials / trial / "trial.stderr").read_text()
             logged = re.findall(rf"candidate \(NNI trial {trial}\): ([0-3 ]+)", stderr)
-            scored.append((tuple(map(int, logged[-1].split())), json.loads(json.loads(data))["default"]))
+            scored.append((trial, logged[-1], json.loads(json.loads(data))["default"]))
         return scored
 
 
@@ -202,16 +204,22 @@ def assert_every_candidate_scored_once(search, rounds, population):
     assert all(r["status"] == "succeeded" and 0.0 <= float(r["accuracy"]) <= 1.0
                and 0.0 <= float(r["accuracy_before_recalibration"]) <= 1.0 and int(r["flops"]) <= 330e6
                for r in rows)
-    # NNI's own record: each candidate scored by exactly one trial, with the accuracy in the table
+    # NNI's own record: each candidate scored by one trial, with the accuracy in the table. (After a resume NNI
+    # re-runs the trials its database had as running at the stop, also one that had reported but not yet
+    # exited: that trial then reports twice, under its one id.)
     scored = search.scored_trials()
-    assert sorted(" ".join(map(str, c)) for c, _ in scored) == sorted(r["choices"] for r in rows)
+    trials = {}
+    for trial, candidate, _ in scored:
+        trials.setdefault(candidate, set()).add(trial)
+    assert sorted(trials) == sorted(r["choices"] for r in rows)
+    assert all(len(ids) == 1 for ids in trials.values()), trials
     accuracy = {r["choices"]: float(r["accuracy"]) for r in rows}
-    assert all(accuracy[" ".join(map(str, c))] == pytest.approx(value, abs=1e-6) for c, value in scored)
+    assert all(accuracy[candidate] == pytest.approx(value, abs=1e-6) for _, candidate, value in scored)
     best = max(rows, key=lambda r: (float(r["accuracy"]), -int(r["parameter_id"] or 0)))
     assert load_architecture(str(search.exports / BEST_FILE)) == tuple(map(int, best["choices"].split()))
     for round_ in range(1, rounds + 1):
         assert load_architecture(str(search.exports / f"{round_:03d}_000.json"))
-    return state
+    return state, len(scored) - len(trials)
 
 
 def test_nnictl_search_on_digits_loses_no_result(digits_dir, tmp_path):
@@ -224,7 +232,7 @@ def test_nnictl_search_on_digits_loses_no_result(digits_dir, tmp_path):
     search = Search(tmp_path, experiment_id, port)
     try:
         search.wait(lambda state: state["finished"])
-        state = assert_every_candidate_scored_once(search, rounds, population)
+        state, _ = assert_every_candidate_scored_once(search, rounds, population)
         assert {r["origin"] for r in search.rows() if r["round"] == "2"} >= {"mutation", "crossover"}
         print(f"results after their trial's end: {state['results_after_trial_end']}")
     finally:
@@ -233,6 +241,8 @@ def test_nnictl_search_on_digits_loses_no_result(digits_dir, tmp_path):
 
 
 def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tmp_path):
+    """`nnictl stop` once round 1 closed, `nnictl resume`: every round finishes, no candidate is scored twice,
+    and the candidates are those of the same search never stopped."""
     rounds, population = 3, 4
     config = digits_config(tmp_path, digits_dir, max_epochs=rounds, num_population=population, num_select=2,
                            num_mutation=1, num_crossover=1)
@@ -249,15 +259,33 @@ def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tm
         experiment_id, port = start("resume", experiment_id)
         search = Search(tmp_path, experiment_id, port)
         search.wait(lambda state: state["finished"])
-        state = assert_every_candidate_scored_once(search, rounds, population)
+        state, reported_again = assert_every_candidate_scored_once(search, rounds, population)
         (resume,) = state["resumes"]
         assert resume["rounds_done"] == before["rounds_done"]
         assert resume["replayed"]["records"] >= before["candidates_scored"]  # NNI replays its finished trials
         print(f"stopped after {before['rounds_done']} rounds, {before['candidates_done']} outcomes; resumed to "
-              f"the end in {time.monotonic() - started:.0f} s; what the resume found: {resume}")
+              f"the end in {time.monotonic() - started:.0f} s; what the resume found: {resume}; trials NNI re-ran "
+              f"after they had reported: {reported_again}")
     finally:
         stopped = nnictl("stop", experiment_id)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+    # the same search never stopped, in one process on the same data: the same candidates round by round
+    spec = yaml.safe_load(config.read_text())
+    in_process = tmp_path / "in_process.yml"
+    in_process.write_text(yaml.safe_dump({"tuner": {"classArgs": spec["tuner"]["classArgs"]}}))
+    trial_flags = shlex.split(spec["trialCommand"])[3:]  # after "OMP_NUM_THREADS=1 python tester.py"
+    done = subprocess.run([sys.executable, "tester.py", *trial_flags, "--evolution", "--search-config",
+                           str(in_process), "--output-dir", str(tmp_path / "never_stopped"), "--search-workers", "1"],
+                          cwd=REPO, env=venv_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "never_stopped" / EXPORT_DIR / TABLE_FILE, newline="") as f:
+        never_stopped = list(csv.DictReader(f))
+    rows = search.rows()
+    assert [(r["round"], r["origin"], r["choices"]) for r in rows] == \
+        [(r["round"], r["origin"], r["choices"]) for r in never_stopped]
+    assert [float(r["accuracy"]) for r in rows] == pytest.approx([float(r["accuracy"]) for r in never_stopped],
+                                                                 abs=1e-6)
 
 
 def test_nnis_regularized_evolution_runs_the_same_trials(digits_dir, tmp_path):
@@ -277,7 +305,7 @@ def test_nnis_regularized_evolution_runs_the_same_trials(digits_dir, tmp_path):
         assert len(jobs) == trials and all(job["status"] == "SUCCEEDED" for job in jobs), jobs
         scored = search.scored_trials()
         assert len(scored) == trials
-        assert all(len(candidate) == 20 and 0.0 <= value <= 1.0 for candidate, value in scored)
+        assert all(len(candidate.split()) == 20 and 0.0 <= value <= 1.0 for _, candidate, value in scored)
         assert not (search.exports / TABLE_FILE).exists()  # NNI's tuner writes none of ours
     finally:
         stopped = nnictl("stop", experiment_id)
