@@ -549,3 +549,34 @@ def test_nnictl_resume_without_a_state_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=f"no {STATE_FILE} there, so no search to resume \\(an experiment whose "
                                          f"tuner did not write it cannot be continued"):
         resumed.update_search_space(search_space())
+
+
+def test_a_trial_nni_re_runs_that_never_reports_counts_as_failed_after_its_timeout(tmp_path, caplog):
+    """NNI reports no end for the trials it re-runs after a resume: if one never reports, its timer (not a
+    waiting NNI thread) counts it as failed and the round goes on."""
+    stopped = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
+    stopped._start_timer = NoTimer
+    before = FakeNNI(stopped)
+    before.request(4)
+    for _ in range(3):
+        before.finish_one(index=0)
+    ((rerun_id, rerun, _),) = before.running  # running when NNI stopped
+
+    resumed = EvolutionWithFlops(**ONE_ROUND_OF_FOUR, output_dir=str(tmp_path), resumed_trial_timeout=5)
+    timers = []
+    resumed._start_timer = lambda seconds, function, *args: timers.append((seconds, function, args)) or NoTimer()
+    resumed.load_checkpoint()
+    resumed.update_search_space(search_space())
+    resumed.import_data([])
+    after = FakeNNI(resumed, first_id=4, recovered={rerun_id: rerun})
+    after.request(2)
+    assert after.handed == [] and resumed.round == 1  # its one open candidate is NNI's to re-run
+    ((seconds, timed_out, args),) = timers
+    assert seconds == 5
+    with caplog.at_level(logging.WARNING, logger="spos.tuner"):
+        timed_out(*args)
+    candidate = parse_architecture(rerun, "test")
+    assert resumed.history[candidate]["status"] == "no result"
+    assert f"the trial NNI re-ran for {' '.join(map(str, candidate))} (parameter {rerun_id}) sent no result " \
+           f"within 5 s of the resume: counted as failed" in caplog.text
+    assert resumed.round == 2 and after.callbacks == 2  # round 2 began and served the two waiting requests
