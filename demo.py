@@ -3,9 +3,10 @@
   python demo.py          (what `make demo` runs after installing)
 
 1. data/digits (written once), 2. supernet.py, 3. `nnictl ss_gen` and a real `nnictl create` evolution
-search with config_search_cpu.yml, waited for and stopped, 4. scratch.py on the best architecture found,
-5. the search plot and a summary. Everything goes to demo_output/ (replaced on each run); the experiment
-is stopped and child processes ended also when a step fails or on Ctrl-C.
+search with config_search_cpu.yml, waited for until the tuner's search_state.json says it is finished, then
+stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary. Everything goes to
+demo_output/ (replaced on each run); the experiment is stopped and child processes ended also when a step
+fails or on Ctrl-C.
 """
 import argparse
 import csv
@@ -25,12 +26,13 @@ import yaml
 
 from architecture import load_architecture
 from errors import UserError
+from search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
 SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
-# TUNER_NO_MORE_TRIAL also shows while the tuner holds requests until a round's last trials end
-FINISHED = ("DONE", "STOPPED", "ERROR")
+# NNI's states of an experiment that will run no more trials of this search
+NNI_GAVE_UP = ("ERROR", "STOPPED")
 # written into the output folder, so that a rerun only ever replaces a folder an earlier demo wrote
 DEMO_MARKER = ".spos_demo_output"
 DEFAULT_OUTPUT = os.path.join(ROOT, "demo_output")  # gitignored, and earlier demos wrote it without the marker
@@ -57,6 +59,7 @@ class Demo:
         self.out = os.path.abspath(args.output_dir)
         self.child = None
         self.experiment_id = None
+        self.search_state = None  # the tuner's search_state.json once the search finished
         self.timings = {}
         self.env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                         PYTHONUNBUFFERED="1")
@@ -124,9 +127,9 @@ class Demo:
         self.run("ss_gen", ["nnictl", "ss_gen", "-t", "python tester.py"], "ss_gen.log")
         search_dir = self.search(supernet_dir)
 
-        table = os.path.join(search_dir, "candidates.csv")
-        best_file = os.path.join(search_dir, "architecture_final.json")
-        best = best_row(table)
+        table = os.path.join(search_dir, TABLE_FILE)
+        best_file = os.path.join(search_dir, BEST_FILE)
+        state = self.search_state
         self.run("plot", [sys.executable, "plot_search.py", table, "-o", os.path.join(self.out, "search.png")],
                  "plot.log")
 
@@ -137,11 +140,15 @@ class Demo:
         scratch_top1 = float(re.findall(r"last \(epoch \d+\) top-1 ([0-9.]+)", log)[-1])
 
         choices = load_architecture(best_file)
+        best = state["best"]
+        complete = sum(r["scored"] == r["candidates"] for r in state["rounds"])
         rows = [("supernet accuracy on random paths", f"{supernet_top1:.1%}"),
                 ("best architecture", " ".join(map(str, choices))),
-                ("its FLOPs at 224x224", f"{float(best['flops']) / 1e6:.1f}M"),
-                ("its search accuracy (after BN recalibration)", f"{float(best['accuracy']):.1%}"),
-                ("candidates evaluated", str(count_scored(table))),
+                ("its FLOPs at 224x224", f"{best['flops'] / 1e6:.1f}M"),
+                ("its search accuracy (after BN recalibration)", f"{best['accuracy']:.1%}"),
+                ("candidates scored", f"{state['candidates_scored']} of {state['candidates']} "
+                                      f"({state['candidates_failed']} failed)"),
+                ("rounds", f"{state['rounds_done']}, {complete} of them closed with every result"),
                 ("its accuracy trained from scratch", f"{scratch_top1:.1%}"),
                 ("architecture file", shown(best_file)),
                 ("search plot", shown(os.path.join(self.out, "search.png"))),
@@ -171,7 +178,6 @@ class Demo:
             population = tuner_args["num_population"] = self.args.search_population
             tuner_args["num_select"] = max(1, population // 5)
             tuner_args["num_mutation"] = tuner_args["num_crossover"] = population * 2 // 5
-        config["maxTrialNumber"] = tuner_args["max_epochs"] * tuner_args["num_population"]
         config["experimentWorkingDirectory"] = os.path.join(self.out, "nni-experiments")
         config_path = os.path.join(self.out, "config_search_demo.yml")
         with open(config_path, "w") as f:
@@ -198,24 +204,38 @@ class Demo:
                 raise UserError(f"nnictl create failed; see {os.path.join(self.out, 'logs', 'nnictl_create.log')}")
             port = self.args.port or free_port()
             print(f"  NNI's web server did not come up in time; trying again on port {port}", flush=True)
-        search_dir = os.path.join(self.out, "nni-experiments", self.experiment_id, "log", "checkpoints")
-        table = os.path.join(search_dir, "candidates.csv")
-        status, last_seen = None, None
+        search_dir = os.path.join(self.out, "nni-experiments", self.experiment_id, "log", EXPORT_DIR)
+        state_path = os.path.join(search_dir, STATE_FILE)
+        state, status, last_line = None, None, None
         deadline = time.monotonic() + self.args.search_timeout
+        # the tuner says when the search is over: NNI's status shows TUNER_NO_MORE_TRIAL between rounds too
         while time.monotonic() < deadline:
+            if os.path.exists(state_path):
+                state = read_state(state_path)
+                line = progress(state)
+                if line != last_line:
+                    print(f"  {line}", flush=True)
+                    last_line = line
+                if state["finished"]:
+                    break
             status = experiment_status(port)
-            count = count_scored(table) if os.path.exists(table) else 0
-            if (count, status) != last_seen:
-                print(f"  {count} candidates scored (status {status})", flush=True)
-                last_seen = (count, status)
-            ended = count_rows(table) if os.path.exists(table) else 0
-            if status in FINISHED or (status == "TUNER_NO_MORE_TRIAL" and ended >= config["maxTrialNumber"]):
+            if status in NNI_GAVE_UP:
                 break
             time.sleep(3)
         self.timings[name] = time.perf_counter() - started
         self.stop_experiment()
-        if status not in ("DONE", "TUNER_NO_MORE_TRIAL"):
-            raise UserError(f"the search ended with status {status}; see {os.path.dirname(search_dir)}")
+        log_dir = os.path.dirname(search_dir)
+        if state is None or not state["finished"]:
+            why = (f"NNI's experiment status is {status}" if status in NNI_GAVE_UP else
+                   f"it did not finish within --search-timeout {self.args.search_timeout} s")
+            raise UserError(f"the search did not finish: {why}; see {log_dir} (dispatcher.log, nnimanager.log)")
+        if state["error"]:
+            raise UserError(f"the search stopped early: {state['error']}")
+        table = os.path.join(search_dir, TABLE_FILE)
+        if count_rows(table) != state["candidates_done"]:
+            raise UserError(f"{table}: {count_rows(table)} rows, but {state_path} counts {state['candidates_done']} "
+                            f"candidates with an outcome")
+        self.search_state = state
         return search_dir
 
 
@@ -239,26 +259,16 @@ def experiment_status(port):
         return None
 
 
-def scored_rows(table):
-    with open(table) as f:
-        return [row for row in csv.DictReader(f) if row.get("accuracy")]
-
-
 def count_rows(table):
-    """Candidates whose trial ended, scored or failed."""
+    """Candidates in the tuner's table: one row each, once scored or failed."""
     with open(table) as f:
         return sum(1 for _ in csv.DictReader(f))
 
 
 def count_scored(table):
-    return len(scored_rows(table))
-
-
-def best_row(table):
-    rows = scored_rows(table)
-    if not rows:
-        raise UserError(f"{table}: the search scored no candidate")
-    return max(rows, key=lambda row: float(row["accuracy"]))
+    """Candidates with an accuracy in the tuner's table."""
+    with open(table) as f:
+        return sum(1 for row in csv.DictReader(f) if row.get("accuracy"))
 
 
 def main():

@@ -1,4 +1,5 @@
-"""Draw a finished (or running) SPOS evolution search as a PNG, from the tuner's candidates.csv.
+"""Draw a finished (or running) SPOS evolution search as a PNG, from the tuner's candidates.csv and
+search_state.json (which says how many rounds are done and whether the search finished).
 
   python plot_search.py ~/nni-experiments/<experiment id>          # or its log/ or log/checkpoints/ folder
   python plot_search.py path/to/candidates.csv -o search.png
@@ -18,9 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 
 from errors import UserError, run_main  # noqa: E402
-
-TABLE_FILE = "candidates.csv"  # tuner.TABLE_FILE (tuner.py needs nni; this script does not)
-_PLACES = (TABLE_FILE, os.path.join("checkpoints", TABLE_FILE), os.path.join("log", "checkpoints", TABLE_FILE))
+from search_state import STATE_FILE, TABLE_FILE, find_search_dir, read_state  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,12 +33,30 @@ def parse_args(argv=None):
 def find_table(path):
     if os.path.isfile(path):
         return path
-    if os.path.isdir(path):
-        for place in _PLACES:
-            if os.path.isfile(os.path.join(path, place)):
-                return os.path.join(path, place)
-        raise UserError(f"{path}: no {TABLE_FILE} inside (looked for {', '.join(_PLACES)})")
-    raise UserError(f"{path}: no such file or folder")
+    table = os.path.join(find_search_dir(path), TABLE_FILE)
+    if not os.path.isfile(table):
+        raise UserError(f"{path}: no {TABLE_FILE} next to its {STATE_FILE} (the search scored nothing yet)")
+    return table
+
+
+def find_state(table_path):
+    """The search_state.json next to a table, or None (a table copied elsewhere)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(table_path)), STATE_FILE)
+    return read_state(path) if os.path.isfile(path) else None
+
+
+def title(table, state, best):
+    """How far the search got, from the tuner's state when there is one (a table alone cannot tell)."""
+    if state is None:
+        rounds = sorted({row["round"] for row in table})
+        where = f"{len(table)} candidates in the table, rounds {rounds[0]}-{rounds[-1]}"
+    else:
+        where = f"{state['candidates_done']} candidates in {state['rounds_done']} rounds"
+        if not state["finished"]:
+            where += f" (running: round {state['round']} of {state['settings']['max_epochs']})"
+        elif state["error"]:
+            where += " (stopped early)"
+    return f"SPOS evolution: {where}; best {best['accuracy']:.4f} at {best['flops'] / 1e6:.1f}M FLOPs"
 
 
 def read_table(path):
@@ -79,7 +96,7 @@ def summarize(table):
     return summary
 
 
-def plot(table, output, title_source):
+def plot(table, output, title_source, state=None):
     scored = [row for row in table if row["accuracy"] is not None]
     if not scored:
         raise UserError(f"{title_source}: no candidate has an accuracy yet")
@@ -133,8 +150,7 @@ def plot(table, output, title_source):
         ax.set_title("effect of BN recalibration")
         ax.grid(alpha=0.3)
 
-    fig.suptitle(f"SPOS evolution: {len(table)} candidates in {max(r['round'] for r in table)} rounds; best "
-                 f"{best['accuracy']:.4f} at {best['flops'] / 1e6:.1f}M FLOPs", fontsize=11)
+    fig.suptitle(title(table, state, best), fontsize=11)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     fig.savefig(output, dpi=110)
     plt.close(fig)
@@ -146,7 +162,7 @@ def main(argv=None):
     table_path = find_table(args.search)
     table = read_table(table_path)
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(table_path)), "search.png")
-    plot(table, output, table_path)
+    plot(table, output, table_path, find_state(table_path))
     print(f"wrote {output} ({len(table)} candidates from {table_path})")
     return output
 

@@ -1,7 +1,8 @@
 """The evolution search in one process, without nnictl (``python tester.py --evolution``): the same
 ``tuner.EvolutionWithFlops`` with the ``tuner.classArgs`` of ``--search-config``, each round's candidates scored
 side by side by ``--search-workers`` processes on data decoded once and kept in memory; the tuner writes the
-same exports and table as in the nnictl search.
+same exports and table as in the nnictl search. ``--resume`` continues a search that stopped (Ctrl-C, a crash)
+from its search_state.json: the candidates already scored are not scored again.
 """
 import argparse
 import concurrent.futures
@@ -30,7 +31,7 @@ def search_in_process(args, device):
             tuner_args = dict(yaml.safe_load(f)["tuner"]["classArgs"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise UserError(f"{args.search_config}: cannot read tuner.classArgs from it ({e})") from None
-    tuner_args["output_dir"] = args.output_dir
+    tuner_args.update(output_dir=args.output_dir, resume=args.resume)
     if args.search_workers < 0:
         raise UserError(f"--search-workers must be 0 (automatic) or more, got {args.search_workers}")
     workers = args.search_workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
@@ -46,6 +47,10 @@ def search_in_process(args, device):
                 # started first: their seconds of start-up overlap this process's (the tuner, the data)
                 pool = _start_pool(args, device, workers)
             tuner = _make_tuner(tuner_args, args.search_config)
+            try:  # before the data: a search that cannot resume says so at once
+                tuner.update_search_space(search_space())
+            except (UserError, ValueError) as e:
+                raise UserError(f"--resume: {e}" if args.resume else str(e)) from None
             save_args(argparse.Namespace(**vars(args), tuner=tuner_args, resolved_search_workers=workers),
                       args.output_dir)
             loading = time.perf_counter()
@@ -63,8 +68,12 @@ def search_in_process(args, device):
                 count, elapsed = _run_evolution(tuner, pool, NoMoreTrialError)
             except concurrent.futures.process.BrokenProcessPool:
                 raise UserError(f"a scoring worker process died (killed by the system: out of memory? `dmesg` "
-                                f"says); the rounds scored so far are in {tuner.checkpoint_dir}; run again with "
-                                f"fewer --search-workers") from None
+                                f"says); the candidates scored so far are in {tuner.checkpoint_dir}; continue with "
+                                f"--resume and fewer --search-workers") from None
+            except KeyboardInterrupt:
+                logger.warning("interrupted: the candidates scored so far are in %s; continue the search with the "
+                               "same command and --resume", tuner.checkpoint_dir)
+                raise
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -94,10 +103,12 @@ def _start_pool(args, device, workers):
 
 def _run_evolution(tuner, pool, no_more_trials):
     """Hand each round's candidates to the scorer (all at once to a pool), feed the results back in the
-    order of the candidates (so a search gives the same table whatever the number of workers)."""
+    order of the candidates (so a search gives the same table whatever the number of workers). Returns how
+    many candidates this run scored, and its seconds."""
     started = time.perf_counter()
-    tuner.update_search_space(search_space())
-    parameter_id = 0
+    first_id = parameter_id = tuner.next_parameter_id
+    if tuner.finished:
+        logger.info("the search in %s is already finished: nothing to score", tuner.checkpoint_dir)
     while not tuner.finished:
         requests = []
         while True:
@@ -116,7 +127,7 @@ def _run_evolution(tuner, pool, no_more_trials):
                         " ".join(map(str, candidate)), accuracy, before)
             tuner.receive_trial_result(request_id, parameters, {"default": accuracy, "before_recalibration": before},
                                        trial_job_id="in-process")
-    return parameter_id, time.perf_counter() - started
+    return parameter_id - first_id, time.perf_counter() - started
 
 
 _scorer = {}

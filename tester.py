@@ -72,6 +72,8 @@ def parse_args(argv=None):
                             "config_search.yml of the working folder, else the project's own)")
     group.add_argument("--output-dir", default="./search_output",
                        help="the in-process search writes its exports to <output-dir>/checkpoints")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the in-process search in --output-dir where it stopped (its search_state.json)")
     group.add_argument("--search-workers", type=int, default=0,
                        help="processes scoring candidates side by side; 0: one per CPU core without a GPU "
                             "(small CPU batches do not use many threads well), one on a GPU")
@@ -111,6 +113,9 @@ def main(argv=None):
         raise UserError("--train-iters must be >= 0 and the batch sizes positive, got "
                         f"{args.train_iters}, {args.train_batch_size}, {args.test_batch_size}")
 
+    if args.resume and not args.evolution:
+        raise UserError("--resume continues an in-process search: give it with --evolution (an nnictl search "
+                        "resumes with `nnictl resume ID`)")
     if args.evolution:
         if args.fixed_arc:
             raise UserError("--evolution searches and --fixed-arc scores one architecture: give one of them")

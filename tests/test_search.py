@@ -78,6 +78,62 @@ def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digit
                            *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=TRIAL_ENV,
                           capture_output=True, text=True, timeout=300)
     assert both.returncode == 2 and "give one of them" in both.stderr and "Traceback" not in both.stderr
+    nothing = subprocess.run([sys.executable, "tester.py", "--evolution", "--resume", "--output-dir",
+                              str(tmp_path / "empty"), *digits_args(digits_dir, digits_checkpoint)], cwd=REPO,
+                             env=TRIAL_ENV, capture_output=True, text=True, timeout=300)
+    assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+    assert f"--resume: {tmp_path / 'empty' / 'checkpoints'}: no search_state.json there" in nothing.stderr
+
+
+def test_in_process_search_interrupted_mid_round_resumes_to_the_same_table(digits_dir, digits_checkpoint, tmp_path,
+                                                                          monkeypatch):
+    """Ctrl-C in round 2, then --resume: the candidates scored before are not scored again, and the table is
+    the one of a search never interrupted."""
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 3, num_population: 4, num_select: 2, num_mutation: 1, "
+                      "num_crossover: 1, m_prob: 0.1, flops_limit: 330.0e+6, seed: 5}\n")
+
+    def run(output_dir, *extra):
+        args = tester.parse_args(["--evolution", "--search-config", str(config), "--output-dir", str(output_dir),
+                                  "--search-workers", "1", "--loader", "torch", "--cache-dir", str(tmp_path / "cache"),
+                                  *digits_args(digits_dir, digits_checkpoint), *extra])
+        return search.search_in_process(args, torch.device("cpu"))
+
+    assert run(tmp_path / "reference")["candidates"] == 12
+    scored = []
+    score = search._score
+
+    def interrupted_at_the_sixth(candidate):
+        if len(scored) == 5:
+            raise KeyboardInterrupt
+        scored.append(candidate)
+        return score(candidate)
+
+    monkeypatch.setattr(search, "_score", interrupted_at_the_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "search")
+    state_file = tmp_path / "search" / "checkpoints" / "search_state.json"
+    state = json.loads(state_file.read_text())
+    assert (state["rounds_done"], state["candidates_done"], state["finished"]) == (1, 5, False)
+
+    rescored = []
+
+    def recorded(candidate):
+        rescored.append(candidate)
+        return score(candidate)
+
+    monkeypatch.setattr(search, "_score", recorded)
+    assert run(tmp_path / "search", "--resume")["candidates"] == 7
+    assert not set(rescored) & set(scored) and len(rescored) == 7
+
+    def table(output_dir):
+        with open(output_dir / "checkpoints" / "candidates.csv") as f:
+            return [{k: v for k, v in row.items() if k != "parameter_id"} for row in csv.DictReader(f)]
+
+    assert table(tmp_path / "search") == table(tmp_path / "reference")
+    state = json.loads(state_file.read_text())
+    assert state["finished"] and state["rounds_done"] == 3 and state["candidates_scored"] == 12
+    assert state["resumes"][0]["open_in_round"] == 3
 
 
 def test_in_process_search_names_a_dead_worker_in_one_line(digits_dir, digits_checkpoint, tmp_path, monkeypatch):

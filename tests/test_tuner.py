@@ -1,16 +1,22 @@
 """tuner.EvolutionWithFlops driven as NNI's dispatcher drives it, without NNI running: legality, no
-duplicates, elitism across rounds, the FLOPs limit, failed trials, reproducibility, the end of the search."""
+duplicates, elitism across rounds, the FLOPs limit, failed trials, reproducibility, the end of the search; a
+trial's end and result in either order and from two threads at once (the order forced, never left to timing);
+the bounded wait for a result; search_state.json; resuming a stopped search as `nnictl resume` does."""
 import csv
+import json
 import logging
 import os
 import random
+import threading
 import time
 
 import nni
 import pytest
 
 from architecture import load_architecture, parse_architecture
+from errors import UserError
 from search_space import search_space
+from search_state import STATE_FILE, read_state
 from tuner import BEST_FILE, EXPORT_DIR, TABLE_FILE, EvolutionWithFlops, parse_result, reference_flops_model
 
 SMALL = dict(max_epochs=3, num_population=8, num_select=3, num_mutation=3, num_crossover=3)
@@ -27,42 +33,70 @@ def make_tuner(tmp_path, **kwargs):
     return tuner
 
 
-def drive(tuner, accuracy=score, concurrency=3, fail=(), seed=0, end_first=()):
-    """Run the search as NNI does: ask for `concurrency` trials, finish one at a time (in a random order),
-    report its result (unless its parameter id is in `fail`) and its end, ask for one more. Returns the
-    (parameter id, candidate) pairs in the order handed out, and how many came through st_callback."""
-    rng = random.Random(seed)
-    handed, running, callbacks = [], [], []
-    next_id = 0
+class FakeNNI:
+    """NNI's dispatcher as the tuner sees it (nni/runtime/msg_dispatcher.py): asks for trials with its
+    ``send_trial_callback`` as ``st_callback``, delivers each trial's result and end, and after a resume holds
+    the trials it re-runs in ``recovered_trial_params`` (nni/recoverable.py) and replays their results through
+    ``import_data``. Trials finish in a random order."""
 
-    def callback(parameter_id, parameters):
-        callbacks.append(parameter_id)
-        running.append((parameter_id, parameters))
-        handed.append((parameter_id, parse_architecture(parameters, "test")))
+    def __init__(self, tuner, seed=0, first_id=0, recovered=None):
+        self.tuner = tuner
+        self.rng = random.Random(seed)
+        self.next_id = first_id
+        self.recovered_trial_params = dict(recovered or {})
+        self.running = [(pid, params, True) for pid, params in self.recovered_trial_params.items()]
+        self.handed = []  # (parameter id, candidate), in the order handed out
+        self.callbacks = 0
 
-    def request(count):
-        nonlocal next_id
-        ids = list(range(next_id, next_id + count))
-        next_id += count
-        for parameter_id, parameters in zip(ids, tuner.generate_multiple_parameters(ids, st_callback=callback)):
-            running.append((parameter_id, parameters))
-            handed.append((parameter_id, parse_architecture(parameters, "test")))
+    def send_trial_callback(self, parameter_id, parameters):
+        self.callbacks += 1
+        self._start(parameter_id, parameters)
 
-    request(concurrency)
-    for _ in range(10_000):
-        if not running:
-            break
-        parameter_id, parameters = running.pop(rng.randrange(len(running)))
+    def _start(self, parameter_id, parameters):
+        self.running.append((parameter_id, parameters, False))
+        self.handed.append((parameter_id, parse_architecture(parameters, "test")))
+
+    def request(self, count):
+        ids = list(range(self.next_id, self.next_id + count))
+        self.next_id += count
+        for parameter_id, parameters in zip(ids, self.tuner.generate_multiple_parameters(
+                ids, st_callback=self.send_trial_callback)):
+            self._start(parameter_id, parameters)
+
+    def finish_one(self, accuracy=score, fail=(), end_first=(), index=None):
+        """End one running trial (a random one unless ``index``): result (unless failed), then end."""
+        index = self.rng.randrange(len(self.running)) if index is None else index
+        parameter_id, parameters, recovered = self.running.pop(index)
         candidate = parse_architecture(parameters, "test")
+        value = accuracy(candidate)
+        value = {"default": value, "before_recalibration": value / 2}
+        if recovered:  # NNI replays a re-run trial's result and drops its end
+            self.tuner.import_data([{"parameter": parameters, "value": value}])
+            return parameter_id, candidate
         if parameter_id in end_first:  # NNI may report the end before the metric
-            tuner.trial_end(parameter_id, True)
+            self.tuner.trial_end(parameter_id, True)
         if parameter_id not in fail:
-            value = accuracy(candidate)
-            tuner.receive_trial_result(parameter_id, parameters, {"default": value, "before_recalibration": value / 2},
-                                       trial_job_id=f"job{parameter_id}")
-        tuner.trial_end(parameter_id, parameter_id not in fail)
-        request(1)
-    return handed, len(callbacks)
+            self.tuner.receive_trial_result(parameter_id, parameters, value, trial_job_id=f"job{parameter_id}")
+        self.tuner.trial_end(parameter_id, parameter_id not in fail)
+        return parameter_id, candidate
+
+    def run(self, concurrency=3, until=None, **finish):
+        """Ask for ``concurrency`` trials, then finish one and ask for one more, until nothing runs (or
+        ``until(self)`` says stop: the experiment stops with trials running)."""
+        self.request(concurrency)
+        for _ in range(10_000):
+            if not self.running or (until is not None and until(self)):
+                return
+            self.finish_one(**finish)
+            self.request(1)
+
+
+def drive(tuner, accuracy=score, concurrency=3, fail=(), seed=0, end_first=()):
+    """Run the whole search as NNI does. Returns the (parameter id, candidate) pairs in the order handed out,
+    and how many came through st_callback."""
+    nni_ = FakeNNI(tuner, seed=seed)
+    nni_.run(concurrency, accuracy=accuracy, fail=fail, end_first=end_first)
+    return nni_.handed, nni_.callbacks
 
 
 def read_rows(tmp_path):
@@ -140,16 +174,168 @@ def test_a_failed_trial_does_not_stall_its_round(tmp_path):
     assert all(tuner.history[c]["accuracy"] is not None for c in tuner.parents())
 
 
-def test_a_result_after_the_trial_end_is_still_recorded(tmp_path, caplog):
-    tuner = make_tuner(tmp_path, max_epochs=2)
+def read_search_state(tmp_path):
+    return read_state(os.path.join(tmp_path, EXPORT_DIR, STATE_FILE))
+
+
+def value_of(accuracy):
+    return {"default": accuracy, "before_recalibration": accuracy / 2}
+
+
+ONE_ROUND_OF_FOUR = dict(max_epochs=2, num_population=4, num_select=2, num_mutation=1, num_crossover=1)
+
+
+def test_a_trial_that_ends_before_its_result_keeps_its_round_open(tmp_path):
+    tuner = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
+    nni_ = FakeNNI(tuner)
+    nni_.request(4)
+    last_id, last_parameters, _ = nni_.running.pop()
+    for _ in range(3):
+        nni_.finish_one(index=0)
+    tuner.trial_end(last_id, True)  # NNI's assessor thread first, the metric still on its way
+    nni_.request(1)  # the freed slot: nothing to hand out while round 1 is open
+    assert tuner.round == 1 and nni_.handed[-1][0] == 3
+    state = read_search_state(tmp_path)
+    assert state["rounds_done"] == 0 and state["candidates_done"] == 3
+    assert [r["status"] for r in state["history"]].count("awaiting result") == 1
+    assert len(read_rows(tmp_path)) == 3  # a row only once the outcome is final
+
+    # the result arrives: it counts, round 1 closes with all four, round 2 starts and serves the waiting id
+    tuner.receive_trial_result(last_id, last_parameters, value_of(0.99), trial_job_id="late")
+    last = parse_architecture(last_parameters, "test")
+    assert tuner.round == 2 and nni_.callbacks == 1
+    assert load_architecture(os.path.join(tmp_path, EXPORT_DIR, "001_000.json")) == last  # the best, counted
+    rows = read_rows(tmp_path)
+    assert len(rows) == 4 and all(r["status"] == "succeeded" and r["accuracy"] for r in rows)
+    assert {r["trial_job_id"] for r in rows if r["parameter_id"] == str(last_id)} == {"late"}
+    state = read_search_state(tmp_path)
+    assert state["rounds"][0] == {"round": 1, "candidates": 4, "scored": 4, "failed": 0, "closed": True}
+    assert state["results_after_trial_end"]["count"] == 1
+    assert tuner.history[last]["result_delay_s"] is not None
+
+
+def test_many_results_after_their_ends_lose_nothing(tmp_path):
+    tuner = make_tuner(tmp_path)
+    handed, _ = drive(tuner, end_first=set(range(0, 24, 2)))
+    assert tuner.finished and len(handed) == 24
+    rows = read_rows(tmp_path)
+    assert len(rows) == 24 and len({r["choices"] for r in rows}) == 24
+    assert all(r["status"] == "succeeded" and r["accuracy"] for r in rows)
+    assert read_search_state(tmp_path)["results_after_trial_end"]["count"] == 12
+
+
+class GatedLock:
+    """Wraps the tuner's lock to see a thread arrive at it (``arrived[thread name]`` is set just before that
+    thread blocks on the real lock)."""
+
+    def __init__(self, lock):
+        self.lock = lock
+        self.arrived = {}
+
+    def __enter__(self):
+        name = threading.current_thread().name
+        if name in self.arrived:
+            self.arrived[name].set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+@pytest.mark.parametrize("first", ["trial_end", "receive_trial_result"])
+def test_a_trials_end_and_result_from_two_threads_at_once(tmp_path, first):
+    """NNI calls trial_end and receive_trial_result from two threads. Force one into the tuner (held inside,
+    writing its files) while the other arrives: the other must wait at the lock, and together they must give
+    one outcome with the accuracy, and close the round once."""
+    tuner = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
+    nni_ = FakeNNI(tuner)
+    nni_.request(4)
+    parameter_id, parameters, _ = nni_.running.pop()
+    for _ in range(3):
+        nni_.finish_one(index=0)
+    calls = {"trial_end": lambda: tuner.trial_end(parameter_id, True),
+             "receive_trial_result": lambda: tuner.receive_trial_result(parameter_id, parameters, value_of(0.99),
+                                                                        trial_job_id="raced")}
+    second = next(name for name in calls if name != first)
+
+    gate = tuner._lock = GatedLock(tuner._lock)
+    gate.arrived["second"] = threading.Event()
+    inside, release, second_done = threading.Event(), threading.Event(), threading.Event()
+    save = tuner._save
+
+    def held_save():
+        if threading.current_thread().name == "first":
+            inside.set()
+            assert release.wait(30)
+        save()
+
+    tuner._save = held_save
+    threads = [threading.Thread(target=calls[first], name="first"),
+               threading.Thread(target=lambda: (calls[second](), second_done.set()), name="second")]
+    threads[0].start()
+    assert inside.wait(30)  # the first call is inside the tuner, holding its lock
+    threads[1].start()
+    assert gate.arrived["second"].wait(30)  # the second call took the lock too...
+    assert not second_done.is_set()  # ...and waits there while the first is inside
+    release.set()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+
+    candidate = parse_architecture(parameters, "test")
+    assert tuner.history[candidate]["status"] == "succeeded"
+    assert tuner.history[candidate]["accuracy"] == pytest.approx(0.99)
+    assert tuner.round == 2 and tuner.rounds_done == 1  # round 1 closed once, with all four
+    assert load_architecture(os.path.join(tmp_path, EXPORT_DIR, "001_000.json")) == candidate
+    rows = read_rows(tmp_path)
+    assert len(rows) == 4 and all(r["accuracy"] for r in rows)
+    assert [r["trial_job_id"] for r in rows].count("raced") == 1
+
+
+def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_path, caplog):
+    tuner = make_tuner(tmp_path, result_timeout=0.2, **ONE_ROUND_OF_FOUR)
+    nni_ = FakeNNI(tuner)
+    nni_.request(4)
+    lost_id, lost_parameters, _ = nni_.running.pop()
+    for _ in range(3):
+        nni_.finish_one(index=0)
     with caplog.at_level(logging.WARNING, logger="spos.tuner"):
-        handed, _ = drive(tuner, end_first={2})
-    assert tuner.finished and len(handed) == 16
-    (candidate,) = [c for pid, c in handed if pid == 2]
-    assert tuner.history[candidate]["accuracy"] == pytest.approx(score(candidate))
-    statuses = [r["status"] for r in read_rows(tmp_path) if r["parameter_id"] == "2"]
-    assert statuses == ["no result", "succeeded (late)"]
-    assert "late result" in caplog.text
+        started = time.monotonic()
+        tuner.trial_end(lost_id, True)
+        assert time.monotonic() - started < 0.2  # the wait is a timer's, not NNI's thread's
+        lost = parse_architecture(lost_parameters, "test")
+        deadline = time.monotonic() + 30
+        while tuner.history[lost]["status"] != "no result" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tuner.history[lost]["status"] == "no result"
+        assert tuner.round == 2  # the round closed with three results and one failure
+        assert f"the trial of parameter {lost_id} ({' '.join(map(str, lost))}) ended successfully but its " \
+               f"result did not reach the tuner within 0.2 s: counted as failed" in caplog.text
+        # the result, far too late: the outcome stays final, one row for it
+        tuner.receive_trial_result(lost_id, lost_parameters, value_of(0.5), trial_job_id="too late")
+    assert "came after result_timeout" in caplog.text
+    rows = [r for r in read_rows(tmp_path) if r["choices"] == " ".join(map(str, lost))]
+    assert len(rows) == 1 and rows[0]["status"] == "no result" and rows[0]["accuracy"] == ""
+    assert read_search_state(tmp_path)["rounds"][0] == {"round": 1, "candidates": 4, "scored": 3, "failed": 1,
+                                                        "closed": True}
+
+
+def test_the_state_file_says_where_the_search_stands(tmp_path):
+    tuner = make_tuner(tmp_path)
+    state = read_search_state(tmp_path)
+    assert (state["round"], state["rounds_done"], state["finished"], state["candidates"]) == (1, 0, False, 8)
+    assert state["settings"]["seed"] == 42 and state["error"] is None
+    drive(tuner, fail={3})
+    state = read_search_state(tmp_path)
+    assert state["finished"] and state["error"] is None
+    assert (state["round"], state["rounds_done"], state["candidates"], state["candidates_done"]) == (3, 3, 24, 24)
+    assert (state["candidates_scored"], state["candidates_failed"]) == (23, 1)
+    assert [(r["scored"], r["failed"], r["closed"]) for r in state["rounds"]] == [(7, 1, True), (8, 0, True),
+                                                                                 (8, 0, True)]
+    best = max(tuner.ranking, key=score)
+    assert state["best"]["choices"] == list(best) and state["best"]["accuracy"] == pytest.approx(score(best))
+    assert [tuple(r["choices"]) for r in state["history"]] == list(tuner.history)
+    assert not [name for name in os.listdir(tmp_path / EXPORT_DIR) if name.startswith(".tmp")]
 
 
 def test_a_round_where_every_trial_failed_stops_the_search(tmp_path, caplog):
@@ -241,9 +427,156 @@ def test_results_are_read_as_numbers_or_nnis_default_dict():
 
 def test_an_earlier_search_in_the_same_folder_is_moved_aside(tmp_path):
     drive(make_tuner(tmp_path, max_epochs=1))
-    make_tuner(tmp_path, max_epochs=1)
+    make_tuner(tmp_path, max_epochs=1)  # a new search, not a resume
     moved = [name for name in os.listdir(tmp_path) if name.startswith(EXPORT_DIR + "-")]
     assert len(moved) == 1
     with open(tmp_path / moved[0] / TABLE_FILE, newline="") as f:
         assert len(list(csv.DictReader(f))) == 8
+    assert read_state(tmp_path / moved[0] / STATE_FILE)["finished"]
     assert read_rows(tmp_path) == []
+    assert not read_search_state(tmp_path)["finished"]
+
+
+RESUMABLE = dict(max_epochs=4, num_population=6, num_select=2, num_mutation=2, num_crossover=2)
+
+
+def rows_without_ids(path):
+    """The table without NNI's parameter and trial ids (a resumed search hands out new ones)."""
+    return [{k: v for k, v in row.items() if k not in ("parameter_id", "trial_job_id")} for row in read_rows(path)]
+
+
+class NoTimer:
+    """For a tuner the test abandons (as if its process had died): its timers never fire."""
+
+    def __init__(self, *args):
+        pass
+
+    def cancel(self):
+        pass
+
+
+@pytest.mark.parametrize("how", ["nnictl resume", "tester.py --evolution --resume"])
+def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tmp_path, how):
+    reference = make_tuner(tmp_path / "reference", **RESUMABLE)
+    drive(reference, seed=1)
+    assert reference.finished
+
+    # the same search, stopped in round 2 with four trials running; from then on only its files are used
+    stopped = make_tuner(tmp_path / "search", **RESUMABLE)
+    stopped._start_timer = NoTimer
+    before = FakeNNI(stopped, seed=2)
+    before.run(concurrency=4, until=lambda n: stopped.rounds_done == 1 and sum(
+        r["status"] == "succeeded" for r in stopped.history.values() if r["round"] == 2) >= 2)
+    assert stopped.round == 2 and len(before.running) == 4
+    (ended_id, ended, _), (reported_id, reported, _), (rerun_id, rerun, _), (cancelled_id, cancelled, _) = \
+        before.running
+    stopped.trial_end(ended_id, True)  # ended; its result never reached NNI
+    scored_before_stop = {c for c, r in stopped.history.items() if r["status"] == "succeeded"}
+    # what NNI replays on resume: every finished trial's result with the parameters its database recorded,
+    # which for two trials started together are each other's; and one result the tuner never got
+    replay = [{"parameter": EvolutionWithFlops.to_parameters(c), "value": value_of(score(c)), "trialJobId": f"t{i}"}
+              for i, c in enumerate(sorted(scored_before_stop))]
+    replay[0]["parameter"], replay[1]["parameter"] = replay[1]["parameter"], replay[0]["parameter"]
+    replay.append({"parameter": reported, "value": value_of(score(parse_architecture(reported, "test"))),
+                   "trialJobId": "reported just before the stop"})
+
+    resumed = EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path / "search"),
+                                 resume=how != "nnictl resume")
+    if how == "nnictl resume":
+        resumed.load_checkpoint()  # NNI calls it first when `nnictl resume` restarts the tuner
+        resumed.update_search_space(search_space())
+        resumed.import_data(replay)  # then replays the finished trials
+        after = FakeNNI(resumed, seed=3, first_id=before.next_id, recovered={rerun_id: rerun})
+    else:
+        resumed.update_search_space(search_space())
+        after = FakeNNI(resumed, seed=3, first_id=resumed.next_parameter_id)
+    after.run(concurrency=4)
+    assert resumed.finished and resumed.rounds_done == 4
+
+    assert rows_without_ids(tmp_path / "search") == rows_without_ids(tmp_path / "reference")
+    handed_after = [c for _, c in after.handed]
+    assert len(handed_after) == len(set(handed_after))
+    assert not set(handed_after) & scored_before_stop  # nothing with a result is handed out again
+    # the candidates of round 2 without an outcome are evaluated again; with nnictl, except the one NNI re-runs
+    again = {parse_architecture(p, "test") for p in (ended, cancelled, reported)}
+    assert again <= set(handed_after)
+    (resume,) = read_search_state(tmp_path / "search")["resumes"]
+    assert resume["open_in_round"] == 6 - len(scored_before_stop - set(reference._members(1)))
+    if how == "nnictl resume":
+        assert parse_architecture(rerun, "test") not in handed_after
+        assert resume["trials_nni_resumes"] == 1
+        assert resume["replayed"] == {"records": len(replay) + 1, "agree": len(replay) - 3,
+                                      "disagree": 2, "ignored": 1, "from trials NNI re-ran": 1}
+    else:
+        assert parse_architecture(rerun, "test") in handed_after
+
+
+def test_a_resume_needs_the_state_and_the_same_settings(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path / EXPORT_DIR}: no {STATE_FILE} there"):
+        make_tuner(tmp_path, resume=True)
+    drive(make_tuner(tmp_path, **RESUMABLE))
+    with pytest.raises(ValueError, match=f"{tmp_path / EXPORT_DIR / STATE_FILE}: that search has other settings "
+                                         f"\\(seed 42 there, 7 now\\)"):
+        make_tuner(tmp_path, **RESUMABLE, seed=7, resume=True)
+    space = search_space()
+    space["LayerChoice1"]["_value"] = ["0"]
+    with pytest.raises(ValueError, match="another search space"):
+        EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path), resume=True).update_search_space(space)
+    state_file = tmp_path / EXPORT_DIR / STATE_FILE
+    complete = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**complete, "random_state": None}))
+    with pytest.raises(ValueError, match=f"{state_file}: not a complete search state"):
+        make_tuner(tmp_path, **RESUMABLE, resume=True)
+    state_file.write_text("{\"rounds\": 3}")
+    with pytest.raises(UserError, match=f"{state_file}: not a search state of format 1"):
+        make_tuner(tmp_path, **RESUMABLE, resume=True)
+
+
+def test_a_finished_search_resumed_hands_out_nothing(tmp_path):
+    drive(make_tuner(tmp_path, **RESUMABLE))
+    rows = read_rows(tmp_path)
+    resumed = make_tuner(tmp_path, **RESUMABLE, resume=True)
+    assert resumed.finished and resumed.rounds_done == 4
+    assert resumed.generate_multiple_parameters([100, 101], st_callback=lambda *a: None) == []
+    assert read_rows(tmp_path) == rows
+
+
+def test_nnictl_resume_without_a_state_file_is_refused(tmp_path):
+    """An experiment whose tuner wrote no search_state.json: NNI's replay alone cannot rebuild the search
+    (it pairs some results with the wrong candidates), so the tuner says so instead of starting over."""
+    resumed = EvolutionWithFlops(**RESUMABLE, output_dir=str(tmp_path))
+    resumed.load_checkpoint()
+    with pytest.raises(ValueError, match=f"no {STATE_FILE} there, so no search to resume \\(an experiment whose "
+                                         f"tuner did not write it cannot be continued"):
+        resumed.update_search_space(search_space())
+
+
+def test_a_trial_nni_re_runs_that_never_reports_counts_as_failed_after_its_timeout(tmp_path, caplog):
+    """NNI reports no end for the trials it re-runs after a resume: if one never reports, its timer (not a
+    waiting NNI thread) counts it as failed and the round goes on."""
+    stopped = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
+    stopped._start_timer = NoTimer
+    before = FakeNNI(stopped)
+    before.request(4)
+    for _ in range(3):
+        before.finish_one(index=0)
+    ((rerun_id, rerun, _),) = before.running  # running when NNI stopped
+
+    resumed = EvolutionWithFlops(**ONE_ROUND_OF_FOUR, output_dir=str(tmp_path), resumed_trial_timeout=5)
+    timers = []
+    resumed._start_timer = lambda seconds, function, *args: timers.append((seconds, function, args)) or NoTimer()
+    resumed.load_checkpoint()
+    resumed.update_search_space(search_space())
+    resumed.import_data([])
+    after = FakeNNI(resumed, first_id=4, recovered={rerun_id: rerun})
+    after.request(2)
+    assert after.handed == [] and resumed.round == 1  # its one open candidate is NNI's to re-run
+    ((seconds, timed_out, args),) = timers
+    assert seconds == 5
+    with caplog.at_level(logging.WARNING, logger="spos.tuner"):
+        timed_out(*args)
+    candidate = parse_architecture(rerun, "test")
+    assert resumed.history[candidate]["status"] == "no result"
+    assert f"the trial NNI re-ran for {' '.join(map(str, candidate))} (parameter {rerun_id}) sent no result " \
+           f"within 5 s of the resume: counted as failed" in caplog.text
+    assert resumed.round == 2 and after.callbacks == 2  # round 2 began and served the two waiting requests
