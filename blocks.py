@@ -73,7 +73,13 @@ class DepthwiseConv2d(nn.Conv2d):
 @functools.lru_cache(maxsize=None)
 def _depthwise_taps(height, width, kernel_size, stride):
     """For each output pixel and input pixel of a depthwise convolution (padding kernel_size // 2), the index of
-    the kernel tap joining them in the flattened kernel, or kernel_size ** 2 where none does."""
+    the kernel tap joining them in the flattened kernel, or kernel_size ** 2 where none does. Made outside
+    inference mode whatever the first caller's mode (scoring): training indexes with the cached tensor too."""
+    with torch.inference_mode(False):
+        return _make_depthwise_taps(height, width, kernel_size, stride)
+
+
+def _make_depthwise_taps(height, width, kernel_size, stride):
     pad = kernel_size // 2
     out_h, out_w = (height + 2 * pad - kernel_size) // stride + 1, (width + 2 * pad - kernel_size) // stride + 1
     oy, ox, iy, ix = torch.meshgrid(torch.arange(out_h), torch.arange(out_w), torch.arange(height),

@@ -110,11 +110,15 @@ def save_training_state(path, epoch, model, optimizer, scheduler, extra=None, **
                  **(extra or {})}, path)
 
 
-def save_weights(output_dir, epoch, state_dict):
+def save_weights(output_dir, epoch, state_dict, network=None):
     """The weights after ``epoch`` epochs as ``epoch_{epoch}.pth.tar`` (``{'state_dict', 'epoch'}``, what
-    network.load_weights reads), the second of an epoch's two writes."""
+    network.load_weights reads, and ``network``: the options the net was built with, which tester.py builds
+    it with again), the second of an epoch's two writes."""
     kill_point_for_tests("between-writes")
-    atomic_save({"state_dict": state_dict, "epoch": epoch}, weights_path(output_dir, epoch))
+    weights = {"state_dict": state_dict, "epoch": epoch}
+    if network is not None:
+        weights["network"] = network
+    atomic_save(weights, weights_path(output_dir, epoch))
 
 
 def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler, expect=None, repair=True,
@@ -124,7 +128,8 @@ def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler,
     nothing was saved yet (the first launch of a command relaunched with --resume until it finishes).
     ``expect``: values the state must hold for this run (the architecture, the data), each refused with its
     name when it differs. ``repair`` (one process of a run): remove the temporary files of a write a kill
-    interrupted and write the last epoch's weights again if the kill came before them."""
+    interrupted and write the last epoch's weights again if the kill came before them (a state after no
+    epoch, written by supernet.py's warm start, has no weights file)."""
     path = os.path.join(output_dir, state_file)
     if not os.path.exists(path):
         saved = glob.glob(os.path.join(glob.escape(output_dir), "epoch_*.pth.tar"))
@@ -153,10 +158,10 @@ def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler,
     logger.info("resuming from %s: %d of %d epochs done", path, state["epoch"], epochs)
     if repair:
         _remove_interrupted_writes(output_dir)
-        if not os.path.exists(weights_path(output_dir, state["epoch"])):
+        if state["epoch"] > 0 and not os.path.exists(weights_path(output_dir, state["epoch"])):
             logger.warning("%s is missing (the run was stopped before writing it): writing it again from %s",
                            weights_path(output_dir, state["epoch"]), path)
-            save_weights(output_dir, state["epoch"], state["state_dict"])
+            save_weights(output_dir, state["epoch"], state["state_dict"], state.get("network"))
     if state["epoch"] >= epochs:
         logger.info("nothing left to train")
     return state

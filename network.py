@@ -123,6 +123,13 @@ class ShuffleNetV2OneShot(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(last_conv_channels, n_classes, bias=False))
         self._initialize_weights()
 
+    def options(self):
+        """The arguments this network was built with (its architecture and FLOPs table aside), which
+        checkpoints record so that a later step builds the same network without being told."""
+        return {"input_size": self.input_size, "first_conv_channels": self.first_conv_channels,
+                "last_conv_channels": self.last_conv_channels, "n_classes": self.n_classes,
+                "affine": self.first_conv[1].affine}
+
     @property
     def is_supernet(self):
         return self.architecture is None
@@ -219,6 +226,10 @@ class ShuffleNetV2OneShot(nn.Module):
         return stem, per_layer, rest
 
 
+# what ShuffleNetV2OneShot.options() records, the arguments that rebuild the same network
+NETWORK_OPTIONS = ("input_size", "first_conv_channels", "last_conv_channels", "n_classes", "affine")
+
+
 def path_network(supernet, architecture):
     """The stand-alone network of one supernet path, with a copy of that path's weights and BN statistics,
     on the supernet's device and in its memory format."""
@@ -307,6 +318,12 @@ def paper_flops(architecture):
 def load_and_parse_state_dict(filepath):
     """Read an official (``{'state_dict': ...}``, keys ``module.``-prefixed) or own checkpoint as a
     plain state dict; never unpickles objects."""
+    return read_checkpoint(filepath)[0]
+
+
+def read_checkpoint(filepath):
+    """``(state dict, network options)`` of a checkpoint: the options (``ShuffleNetV2OneShot.options()``) that
+    supernet.py records beside its weights, or None for files without them (Megvii's)."""
     if not os.path.isfile(filepath):
         raise UserError(f"{filepath}: checkpoint not found")
     try:
@@ -318,12 +335,21 @@ def load_and_parse_state_dict(filepath):
     if not isinstance(state_dict, dict) or not state_dict or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise UserError(f"{filepath}: holds no state dict of tensors (expected {{'state_dict': {{name: tensor}}}})")
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    options = checkpoint.get("network") if isinstance(checkpoint, dict) else None
+    if options is not None and (not isinstance(options, dict) or set(options) - set(NETWORK_OPTIONS)):
+        raise UserError(f"{filepath}: its 'network' entry is not network options (expected keys among "
+                        f"{', '.join(NETWORK_OPTIONS)}, got {options!r:.200})")
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}, options
 
 
 def load_weights(model, filepath):
     """Load a checkpoint strictly into ``model``, with one clear message when it belongs to another net."""
-    state_dict = load_and_parse_state_dict(filepath)
+    return load_state_dict_checked(model, load_and_parse_state_dict(filepath), filepath)
+
+
+def load_state_dict_checked(model, state_dict, filepath):
+    """``model.load_state_dict(state_dict, strict=True)``, with one clear message naming ``filepath`` when the
+    weights belong to another net."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

@@ -5,6 +5,7 @@ averaged cumulatively), evaluate again. Each candidate is scored on a copy of it
 (``network.path_network``) with BN folded into the convs, so the supernet is never modified.
 """
 import os
+import random
 import re
 import time
 
@@ -16,7 +17,8 @@ from errors import UserError
 from hardware import autocast, prepare_model
 from logs import logger
 from loops import evaluate
-from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights, path_network
+from network import (REFERENCE_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_state_dict_checked,
+                     paper_flops, path_network, random_architecture, read_checkpoint)
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
 
@@ -31,10 +33,35 @@ def resolve_checkpoint(path):
     return os.path.join(path, max(epochs)[1])
 
 
+def input_size_of(checkpoint, requested=None):
+    """The input size to score at: ``requested`` (--input-size) when given, else the one the checkpoint's
+    network was trained at (supernet.py records it), else the paper's 224."""
+    if requested is not None:
+        return requested
+    options = read_checkpoint(checkpoint)[1] or {}
+    return options.get("input_size", REFERENCE_INPUT_SIZE)
+
+
+def random_legal_paths(count, flops_limit, seed):
+    """``count`` distinct uniformly random paths with at most ``flops_limit`` FLOPs (in the paper's units, as the
+    search's limit), the same ones for the same seed."""
+    rng, paths = random.Random(seed), []
+    for _ in range(1000 * count):
+        path = random_architecture(rng)
+        if path not in paths and paper_flops(path) <= flops_limit:
+            paths.append(path)
+            if len(paths) == count:
+                return paths
+    raise UserError(f"found only {len(paths)} of {count} random paths under {flops_limit / 1e6:.0f}M FLOPs")
+
+
 def load_supernet(checkpoint, input_size, n_classes, device=torch.device("cpu"), channels_last=True):
-    """The supernet for ``n_classes`` with the checkpoint's weights (read without unpickling objects)."""
-    model = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=False)
-    load_weights(model, checkpoint)
+    """The supernet for ``n_classes`` with the checkpoint's weights (read without unpickling objects), built with
+    the network options the checkpoint records (Megvii's when it records none)."""
+    state_dict, options = read_checkpoint(checkpoint)
+    options = {**(options or {}), "input_size": input_size, "n_classes": n_classes}
+    model = ShuffleNetV2OneShot(**{"affine": False, **options})
+    load_state_dict_checked(model, state_dict, checkpoint)
     return prepare_model(model, torch.device(device), channels_last).eval()
 
 

@@ -28,14 +28,13 @@ from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
 from logs import logger, save_args, setup_logging  # noqa: E402
 from loops import evaluate, train_one_epoch  # noqa: E402
 from metrics import accuracy  # noqa: E402
-from network import ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
+from network import PAPER_CLASSES, PAPER_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
 from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
 from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
                      project_file)
 
 STATE_FILE = "training_state.pth.tar"
 DEFAULT_ARCHITECTURE = "architecture_final.json"
-PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000
 
 
 def parse_args(argv=None):

@@ -18,7 +18,8 @@ from architecture import parse_architecture
 from errors import UserError
 from hardware import compute_dtype
 from logs import logger, save_args, setup_logging
-from scoring import evaluate_candidate, load_scoring_data, load_supernet, log_scoring_data, resolve_checkpoint
+from scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet, log_scoring_data,
+                     resolve_checkpoint)
 from search_space import search_space
 
 
@@ -38,6 +39,7 @@ def search_in_process(args, device):
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     if not os.path.isfile(args.checkpoint):
         raise UserError(f"{args.checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
+    args.input_size = input_size_of(args.checkpoint, args.input_size)
     pool = None
     with tempfile.TemporaryDirectory(prefix="spos_scoring_") as scratch_cache:
         try:

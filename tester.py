@@ -4,11 +4,13 @@ Flow (NNI's SPOS tester, in scoring.py): build the supernet for the dataset's cl
 evaluate the candidate on val (reported as an intermediate result), recalibrate batch norm on
 ``--train-iters`` training batches, evaluate again, report the accuracy as the final result.
 
-Four ways to run it:
+Five ways to run it:
   nnictl ss_gen -t "python tester.py"          writes nni_auto_gen_search_space.json and exits
                                                (needs no checkpoint, data or GPU)
   nnictl create --config config_search.yml     one trial per candidate from tuner.EvolutionWithFlops
   python tester.py --fixed-arc FILE            one architecture, standalone: prints its accuracy
+  python tester.py --random-paths 20           how well the supernet learned: the mean accuracy of 20 random
+                                               paths under the FLOPs limit, each scored as a trial scores it
   python tester.py --evolution                 the same evolution search in this one process, on data
                                                decoded once (search.py; the tuner's settings from --search-config)
 
@@ -43,13 +45,16 @@ from errors import UserError, run_main  # noqa: E402
 from hardware import compute_dtype, get_device  # noqa: E402
 from logs import logger, setup_logging  # noqa: E402
 from network import OFFICIAL_CHECKPOINT  # noqa: E402
-from options import add_data_arguments, add_performance_arguments, project_file  # noqa: E402
-from scoring import evaluate_candidate, load_scoring_data, load_supernet, log_scoring_data, resolve_checkpoint  # noqa: E402
+from options import (add_data_arguments, add_performance_arguments, parse_args_with_recipe,  # noqa: E402
+                     project_file)
+from scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet,  # noqa: E402
+                     log_scoring_data, random_legal_paths, resolve_checkpoint)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = add_data_arguments(parser, workers=6)
+    parser.set_defaults(input_size=None)  # the checkpoint's: see scoring.input_size_of
     group.add_argument("--train-batch-size", type=int, default=128, help="batch for BN recalibration")
     group.add_argument("--test-batch-size", type=int, default=512)
     group.add_argument("--cache-dir", default=None,
@@ -63,6 +68,11 @@ def parse_args(argv=None):
     group.add_argument("--fixed-arc", metavar="FILE", default=None,
                        help="evaluate this architecture (architecture_final.json format) without NNI and print "
                             "the result")
+    group.add_argument("--random-paths", type=int, default=0, metavar="N",
+                       help="score N random paths under --flops-limit without NNI and print their mean, worst and "
+                            "best accuracy (the supernet's quality, as the search sees it)")
+    group.add_argument("--flops-limit", type=float, default=330e6,
+                       help="for --random-paths: FLOPs at 224x224 and 1,000 classes, as the search's limit")
     group = parser.add_argument_group("in-process search")
     group.add_argument("--evolution", action="store_true",
                        help="run the whole evolution search in this process (no nnictl): the tuner's settings "
@@ -82,7 +92,7 @@ def parse_args(argv=None):
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--log-frequency", type=int, default=10)
     group.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    args = parse_args_with_recipe(parser, argv, "tester.py")
     if args.search_config is None:
         args.search_config = project_file("config_search.yml")
     return args
@@ -95,6 +105,44 @@ def candidate_from_parameters(parameters):
         raise UserError("NNI gave this trial no candidate: run it through `nnictl create --config "
                         "config_search.yml`, or evaluate one architecture with --fixed-arc FILE")
     return parse_architecture(parameters, "candidate from the tuner")
+
+
+def find_checkpoint(args):
+    """The checkpoint file ``--checkpoint`` means; sets ``args.input_size`` to the one it was trained at unless
+    --input-size was given."""
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise UserError(f"{checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
+    args.input_size = input_size_of(checkpoint, args.input_size)
+    return checkpoint
+
+
+def score_random_paths(args):
+    """--random-paths: N random paths under the FLOPs limit (the same N for the same --seed), each scored as a
+    trial scores a candidate, on data decoded once; prints one JSON line."""
+    checkpoint = find_checkpoint(args)
+    set_seed(args.seed)
+    device = get_device(args.device)
+    torch.set_flush_denormal(True)  # see main
+    started = time.perf_counter()
+    train, val, classes, source = load_scoring_data(args, device, keep=True)
+    log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - started)
+    model = load_supernet(checkpoint, args.input_size, len(classes), device, args.channels_last)
+    paths = random_legal_paths(args.random_paths, args.flops_limit, args.seed)
+    accuracies = []
+    for number, path in enumerate(paths, 1):
+        result = evaluate_candidate(model, path, train, val, args.train_iters,
+                                    autocast_dtype=compute_dtype(args.precision, device))
+        accuracies.append(result["accuracy"])
+        logger.info("random path %d/%d: %s  accuracy %.4f (before BN recalibration %.4f)", number, len(paths),
+                    " ".join(map(str, path)), result["accuracy"], result["accuracy_before_recalibration"])
+    summary = {"checkpoint": checkpoint, "paths": len(paths), "flops_limit": args.flops_limit,
+               "mean": sum(accuracies) / len(accuracies), "worst": min(accuracies), "best": max(accuracies),
+               "accuracies": accuracies, "architectures": [list(path) for path in paths]}
+    logger.info("%d random paths under %.0fM FLOPs: mean accuracy %.4f, worst %.4f, best %.4f", len(paths),
+                args.flops_limit / 1e6, summary["mean"], summary["worst"], summary["best"])
+    print(json.dumps(summary))
+    return summary
 
 
 def _process_started():
@@ -116,9 +164,14 @@ def main(argv=None):
     if args.resume and not args.evolution:
         raise UserError("--resume continues an in-process search: give it with --evolution (an nnictl search "
                         "resumes with `nnictl resume ID`)")
+    if sum(map(bool, (args.evolution, args.fixed_arc, args.random_paths))) > 1:
+        raise UserError("--evolution searches, --fixed-arc scores one architecture and --random-paths scores "
+                        "random ones: give one of them")
+    if args.random_paths < 0:
+        raise UserError(f"--random-paths must be positive, got {args.random_paths}")
+    if args.random_paths:
+        return score_random_paths(args)
     if args.evolution:
-        if args.fixed_arc:
-            raise UserError("--evolution searches and --fixed-arc scores one architecture: give one of them")
         device = get_device(args.device)
         torch.set_flush_denormal(True)  # see below
         set_seed(args.seed)
@@ -136,9 +189,7 @@ def main(argv=None):
     # start-up: the interpreter, the imports (torch, DALI, nni) and fetching the candidate
     seconds = {"start_up": time.time() - process_started}
     logger.info("candidate (%s): %s", source, " ".join(map(str, architecture)))
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    if not os.path.isfile(checkpoint):
-        raise UserError(f"{checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
+    checkpoint = find_checkpoint(args)
     set_seed(args.seed)
     device = get_device(args.device)
     # An undertrained supernet's statistics make denormal floats, which slow CPU kernels tenfold or more.

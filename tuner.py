@@ -34,7 +34,6 @@ candidates as one never stopped. A new search (not a resume) in a folder that ho
 that folder aside first.
 """
 import csv
-import functools
 import io
 import json
 import logging
@@ -50,24 +49,15 @@ from nni.tuner import Tuner
 
 from architecture import architecture_keys, parse_architecture, write_architecture
 from errors import UserError
-from network import NUM_CHOICES, NUM_LAYERS, ShuffleNetV2OneShot
+from network import NUM_CHOICES, NUM_LAYERS, PAPER_INPUT_SIZE, paper_flops
 from search_state import (BEST_FILE, EXPORT_DIR, STATE_FILE, STATE_FORMAT, TABLE_COLUMNS, TABLE_FILE, read_state,
                           write_atomically)
 
 logger = logging.getLogger("spos.tuner")
 
-FLOPS_INPUT_SIZE = 224
-FLOPS_CLASSES = 1000
-OP_FLOPS_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "op_flops_dict.pkl")
 # a candidate's status: waiting for its outcome, or its outcome (final: it gets its row in candidates.csv)
 WAITING = ("queued", "running", "awaiting result", "resumed by NNI")
 OUTCOMES = ("succeeded", "failed", "bad result", "no result")
-
-
-@functools.lru_cache(maxsize=None)
-def reference_flops_model(op_flops_path=OP_FLOPS_TABLE):
-    """The supernet at the paper's 224x224 and 1,000 classes, built once per process: only for FLOPs."""
-    return ShuffleNetV2OneShot(input_size=FLOPS_INPUT_SIZE, n_classes=FLOPS_CLASSES, op_flops_path=op_flops_path)
 
 
 def format_choices(candidate):
@@ -164,7 +154,7 @@ class EvolutionWithFlops(Tuner):
             logger.info("SPOS evolution: %d rounds of %d candidates (%d mutation, %d crossover, the rest random; "
                         "parents from the best %d so far), m_prob %g, FLOPs <= %.1fM at %dx%d, seed %s; results in %s",
                         self.max_epochs, self.num_population, self.num_mutation, self.num_crossover,
-                        self.num_select, self.m_prob, self.flops_limit / 1e6, FLOPS_INPUT_SIZE, FLOPS_INPUT_SIZE,
+                        self.num_select, self.m_prob, self.flops_limit / 1e6, PAPER_INPUT_SIZE, PAPER_INPUT_SIZE,
                         self.seed, self.checkpoint_dir)
             if state is not None:
                 self._restore(state)
@@ -172,7 +162,7 @@ class EvolutionWithFlops(Tuner):
                 smallest = self.min_flops()
                 if smallest > self.flops_limit:
                     self._finish(f"flops_limit {self.flops_limit:.4g} is below the smallest candidate of the search "
-                                 f"space ({smallest / 1e6:.1f}M FLOPs at {FLOPS_INPUT_SIZE}x{FLOPS_INPUT_SIZE}): no "
+                                 f"space ({smallest / 1e6:.1f}M FLOPs at {PAPER_INPUT_SIZE}x{PAPER_INPUT_SIZE}): no "
                                  f"candidate is legal, nothing to search; raise flops_limit", error=True)
                 else:
                     self._start_round()
@@ -311,7 +301,7 @@ class EvolutionWithFlops(Tuner):
 
     def flops(self, candidate):
         if candidate not in self._flops:
-            self._flops[candidate] = reference_flops_model().get_candidate_flops(candidate)
+            self._flops[candidate] = paper_flops(candidate)
         return self._flops[candidate]
 
     def min_flops(self):

@@ -143,6 +143,16 @@ def test_depthwise_conv_matches_the_convolution_in_outputs_and_gradients(kernel_
     torch.testing.assert_close(fast.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_depthwise_conv_trains_after_a_first_use_in_inference_mode():
+    """Scoring (inference mode) may be the first to build a map size's tap table; training then uses it."""
+    conv = DepthwiseConv2d(8, 5, 1)
+    with torch.inference_mode():
+        conv(torch.randn(2, 8, 1, 2))
+    x = torch.randn(2, 8, 1, 2, requires_grad=True)
+    conv(x).sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
 def test_blocks_use_pointwise_and_depthwise_convs_for_every_such_conv():
     block = make_block(3, 32, 64, 32, 2, affine=False)
     for m in block.modules():

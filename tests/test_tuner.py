@@ -17,7 +17,8 @@ from architecture import load_architecture, parse_architecture
 from errors import UserError
 from search_space import search_space
 from search_state import STATE_FILE, read_state
-from tuner import BEST_FILE, EXPORT_DIR, TABLE_FILE, EvolutionWithFlops, parse_result, reference_flops_model
+from network import paper_flops
+from tuner import BEST_FILE, EXPORT_DIR, TABLE_FILE, EvolutionWithFlops, parse_result
 
 SMALL = dict(max_epochs=3, num_population=8, num_select=3, num_mutation=3, num_crossover=3)
 
@@ -119,7 +120,7 @@ def test_a_search_runs_its_rounds_and_exports_them(tmp_path):
         candidate = tuple(map(int, row["choices"].split()))
         assert float(row["accuracy"]) == pytest.approx(score(candidate), abs=1e-6)
         assert float(row["accuracy_before_recalibration"]) == pytest.approx(score(candidate) / 2, abs=1e-6)
-        assert int(row["flops"]) == reference_flops_model().get_candidate_flops(candidate)
+        assert int(row["flops"]) == paper_flops(candidate)
     best = max(rows, key=lambda r: (float(r["accuracy"]), -int(r["parameter_id"])))
     exported = os.path.join(tmp_path, EXPORT_DIR)
     assert load_architecture(os.path.join(exported, BEST_FILE)) == tuple(map(int, best["choices"].split()))
@@ -135,7 +136,7 @@ def test_candidates_are_legal_and_never_repeat(tmp_path):
     handed, _ = drive(tuner)
     candidates = [c for _, c in handed]
     assert len(candidates) == len(set(candidates)) == 4 * 8
-    assert max(reference_flops_model().get_candidate_flops(c) for c in candidates) <= 300e6
+    assert max(paper_flops(c) for c in candidates) <= 300e6
     assert len({pid for pid, _ in handed}) == len(handed)
 
 
@@ -305,10 +306,14 @@ def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_pat
         assert time.monotonic() - started < 0.2  # the wait is a timer's, not NNI's thread's
         lost = parse_architecture(lost_parameters, "test")
         deadline = time.monotonic() + 30
-        while tuner.history[lost]["status"] != "no result" and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            with tuner._lock:  # the timer settles the outcome and closes the round under the lock
+                if tuner.history[lost]["status"] == "no result":
+                    break
             time.sleep(0.05)
-        assert tuner.history[lost]["status"] == "no result"
-        assert tuner.round == 2  # the round closed with three results and one failure
+        with tuner._lock:
+            assert tuner.history[lost]["status"] == "no result"
+            assert tuner.round == 2  # the round closed with three results and one failure
         assert f"the trial of parameter {lost_id} ({' '.join(map(str, lost))}) ended successfully but its " \
                f"result did not reach the tuner within 0.2 s: counted as failed" in caplog.text
         # the result, far too late: the outcome stays final, one row for it
