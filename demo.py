@@ -2,11 +2,12 @@
 
   python demo.py          (what `make demo` runs after installing)
 
-1. data/digits (written once), 2. supernet.py, 3. `nnictl ss_gen` and a real `nnictl create` evolution
-search with config_search_cpu.yml, waited for until the tuner's search_state.json says it is finished, then
-stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary. Everything goes to
-demo_output/ (replaced on each run); the experiment is stopped and child processes ended also when a step
-fails or on Ctrl-C.
+1. data/digits (written once, with its recipe.json of defaults for each step), 2. supernet.py (warm-started),
+then tester.py --random-paths: how well it learned, as the search will score paths, 3. `nnictl ss_gen` and a real
+`nnictl create` evolution search with config_search_cpu.yml, waited for until the tuner's search_state.json says
+it is finished, then stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary.
+Everything goes to demo_output/ (replaced on each run); the experiment is stopped and child processes ended also
+when a step fails or on Ctrl-C.
 """
 import argparse
 import csv
@@ -26,7 +27,8 @@ import yaml
 
 from architecture import load_architecture
 from errors import UserError
-from search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state
+from options import RECIPE_FILE
+from search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state, read_table, summarize
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
@@ -40,8 +42,12 @@ DEFAULT_OUTPUT = os.path.join(ROOT, "demo_output")  # gitignored, and earlier de
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--supernet-epochs", type=int, default=3)
-    parser.add_argument("--scratch-epochs", type=int, default=10)
+    parser.add_argument("--supernet-epochs", type=int, default=None, help="default: data/digits/recipe.json's")
+    parser.add_argument("--supernet-warm-start-steps", type=int, default=None,
+                        help="default: data/digits/recipe.json's")
+    parser.add_argument("--supernet-paths", type=int, default=20,
+                        help="random paths scored to tell how well the supernet learned")
+    parser.add_argument("--scratch-epochs", type=int, default=None, help="default: data/digits/recipe.json's")
     parser.add_argument("--port", type=int, default=0, help="NNI web UI port (default: a free one)")
     parser.add_argument("--search-timeout", type=int, default=900, help="seconds to wait for the search")
     parser.add_argument("--search-rounds", type=int, default=None,
@@ -113,16 +119,19 @@ class Demo:
         open(marker, "w").close()
         started = time.perf_counter()
 
-        if not os.path.isdir(os.path.join(DATA, "val")):
+        if not os.path.isfile(os.path.join(DATA, RECIPE_FILE)):  # missing, or written before there were recipes
             self.run("data", [sys.executable, "data/make_digits.py"], "data.log")
         else:
             print(f"=== data: reusing {shown(DATA)}", flush=True)
 
         supernet_dir = os.path.join(self.out, "supernet")
-        log = self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--input-size", "32",
-                                    "--batch-size", "64", "--epochs", str(args.supernet_epochs),
-                                    "--output-dir", supernet_dir], "supernet.log")
-        supernet_top1 = float(re.findall(r"val on random paths loss \S+ top1 (\S+)", log)[-1])
+        self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--output-dir", supernet_dir,
+                              *flag("--epochs", args.supernet_epochs),
+                              *flag("--warm-start-steps", args.supernet_warm_start_steps)], "supernet.log")
+        log = self.run("supernet paths", [sys.executable, "tester.py", "--imagenet-dir", DATA, "--checkpoint",
+                                          supernet_dir, "--random-paths", str(args.supernet_paths)],
+                       "supernet_paths.log")
+        paths = json.loads(log.strip().splitlines()[-1])
 
         self.run("ss_gen", ["nnictl", "ss_gen", "-t", "python tester.py"], "ss_gen.log")
         search_dir = self.search(supernet_dir)
@@ -134,7 +143,7 @@ class Demo:
                  "plot.log")
 
         log = self.run("scratch", [sys.executable, "scratch.py", "--fixed-arc", best_file, "--imagenet-dir", DATA,
-                                   "--input-size", "32", "--batch-size", "64", "--epochs", str(args.scratch_epochs),
+                                   *flag("--epochs", args.scratch_epochs),
                                    "--output-dir", os.path.join(self.out, "scratch"),
                                    "--tb-dir", os.path.join(self.out, "runs")], "scratch.log")
         scratch_top1 = float(re.findall(r"last \(epoch \d+\) top-1 ([0-9.]+)", log)[-1])
@@ -142,7 +151,12 @@ class Demo:
         choices = load_architecture(best_file)
         best = state["best"]
         complete = sum(r["scored"] == r["candidates"] for r in state["rounds"])
-        rows = [("supernet accuracy on random paths", f"{supernet_top1:.1%}"),
+        rounds = summarize(read_table(table))
+        rows = [(f"supernet: {paths['paths']} random paths (recalibrated)",
+                 f"mean {paths['mean']:.1%}, worst {paths['worst']:.1%}, best {paths['best']:.1%}"),
+                *[(f"search round {r}: best, mean", f"{best_acc:.1%}, {mean_acc:.1%}")
+                  for r, best_acc, mean_acc, _ in rounds],
+                ("last round's best - first round's mean", f"{100 * (rounds[-1][1] - rounds[0][2]):+.1f} points"),
                 ("best architecture", " ".join(map(str, choices))),
                 ("its FLOPs at 224x224", f"{best['flops'] / 1e6:.1f}M"),
                 ("its search accuracy (after BN recalibration)", f"{best['accuracy']:.1%}"),
@@ -237,6 +251,11 @@ class Demo:
                             f"candidates with an outcome")
         self.search_state = state
         return search_dir
+
+
+def flag(name, value):
+    """``[name, value]`` when a value is given, else nothing (the step then takes the dataset's recipe)."""
+    return [] if value is None else [name, str(value)]
 
 
 def shown(path):

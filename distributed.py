@@ -106,6 +106,14 @@ def shared_draw(sample_architecture, context):
     return draw
 
 
+def broadcast_weights(model, context):
+    """Every process takes rank 0's parameters and buffers (after work each did on its own data)."""
+    if not context.enabled:
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
 def barrier(context):
     if context.enabled:
         dist.barrier()

@@ -1,5 +1,6 @@
 """Where and how a network runs: the device, its memory format and the precision of its arithmetic."""
 import contextlib
+import os
 
 import torch
 
@@ -34,3 +35,14 @@ def prepare_model(model, device, channels_last):
         torch.backends.cudnn.benchmark = True  # 80 conv shapes in all: each is tuned once
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=memory_format)
+
+
+def set_cpu_threads(device, context=None):
+    """Training on a CPU: one thread fewer than the cores this process may use, unless OMP_NUM_THREADS says
+    otherwise or torchrun shares the cores out (distributed.init). The data loader's threads (DALI) or processes
+    need a core: on 2 cores, a digits epoch took 2.1 s with one compute thread and 4.3 s with two (they then
+    wait for each other), whatever OMP_WAIT_POLICY (the README's Performance section)."""
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ or (context is not None and context.enabled):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores - 1))

@@ -9,7 +9,6 @@ mean accuracy of each round and the best so far; when the trials reported it, ac
 after BN recalibration. Writes search.png next to candidates.csv unless -o says otherwise.
 """
 import argparse
-import csv
 import os
 
 import matplotlib
@@ -19,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 
 from errors import UserError, run_main  # noqa: E402
-from search_state import STATE_FILE, TABLE_FILE, find_search_dir, read_state  # noqa: E402
+from search_state import (STATE_FILE, TABLE_FILE, find_search_dir, read_state, read_table,  # noqa: E402
+                          summarize)
 
 
 def parse_args(argv=None):
@@ -57,43 +57,6 @@ def title(table, state, best):
         elif state["error"]:
             where += " (stopped early)"
     return f"SPOS evolution: {where}; best {best['accuracy']:.4f} at {best['flops'] / 1e6:.1f}M FLOPs"
-
-
-def read_table(path):
-    """Rows of candidates.csv with round, flops and accuracies as numbers (None when empty)."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"round", "flops", "accuracy"} - set(reader.fieldnames or ())
-            if missing:
-                raise UserError(f"{path}: not a search table (no column {sorted(missing)[0]!r})")
-            rows = list(reader)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the search table ({e.strerror or e})") from None
-    table = []
-    for line, row in enumerate(rows, start=2):
-        try:
-            table.append({**row, "round": int(row["round"]), "flops": float(row["flops"]),
-                          "accuracy": _optional_float(row["accuracy"]),
-                          "before": _optional_float(row.get("accuracy_before_recalibration"))})
-        except (TypeError, ValueError):
-            raise UserError(f"{path}: line {line} does not hold numbers where expected: {row}") from None
-    return table
-
-
-def _optional_float(text):
-    return float(text) if text not in (None, "") else None
-
-
-def summarize(table):
-    """Per round: (round, best accuracy, mean accuracy, best so far), over the scored candidates."""
-    summary, best_so_far = [], None
-    for r in sorted({row["round"] for row in table}):
-        scores = [row["accuracy"] for row in table if row["round"] == r and row["accuracy"] is not None]
-        if scores:
-            best_so_far = max(scores) if best_so_far is None else max(best_so_far, max(scores))
-            summary.append((r, max(scores), sum(scores) / len(scores), best_so_far))
-    return summary
 
 
 def plot(table, output, title_source, state=None):

@@ -24,14 +24,14 @@ from checkpoint import (describe_dataset, resume_training, save_training_state, 
                         set_seed)
 from dataloader import ImageFolderLoader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
-from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
+from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads  # noqa: E402
 from logs import logger, save_args, setup_logging  # noqa: E402
 from loops import evaluate, train_one_epoch  # noqa: E402
 from metrics import accuracy  # noqa: E402
 from network import PAPER_CLASSES, PAPER_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
 from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
 from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
-                     project_file)
+                     parse_args_with_recipe, project_file)
 
 STATE_FILE = "training_state.pth.tar"
 DEFAULT_ARCHITECTURE = "architecture_final.json"
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--log-frequency", type=int, default=10)
     group.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    args = parse_args_with_recipe(parser, argv, "scratch.py")
     if args.architecture is None:
         args.architecture = project_file(DEFAULT_ARCHITECTURE)
     return args
@@ -76,6 +76,8 @@ def main(argv=None):
 
     context = distributed.init(get_device(args.device))
     setup_logging(os.path.join(args.output_dir, "scratch.log"), quiet=not context.is_main)
+    if args.recipe:
+        logger.info("defaults from %s", args.recipe)
     try:
         train(args, architecture, context)
     finally:
@@ -85,6 +87,7 @@ def main(argv=None):
 def train(args, architecture, context):
     set_seed(args.seed)
     device = context.device
+    set_cpu_threads(device, context)
     batch_size = distributed.per_process_batch_size(args.batch_size, context)
     train_loader = make_loader(args, "train", device, batch_size=batch_size, context=context)
     val_loader = make_loader(args, "val", device, classes=train_loader.classes, batch_size=batch_size,

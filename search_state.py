@@ -11,6 +11,7 @@ torch (demo.py, plot_search.py and the tests read them; tuner.py writes them).
 The search is over when search_state.json says ``"finished": true``; NNI's status cannot tell (it shows
 TUNER_NO_MORE_TRIAL between rounds too).
 """
+import csv
 import json
 import os
 import tempfile
@@ -83,3 +84,40 @@ def progress(state):
     if state["finished"]:
         line += f"; search stopped: {state['error']}" if state["error"] else "; search finished"
     return line
+
+
+def read_table(path):
+    """Rows of candidates.csv with round, flops and accuracies as numbers (None when empty)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"round", "flops", "accuracy"} - set(reader.fieldnames or ())
+            if missing:
+                raise UserError(f"{path}: not a search table (no column {sorted(missing)[0]!r})")
+            rows = list(reader)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the search table ({e.strerror or e})") from None
+    table = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            table.append({**row, "round": int(row["round"]), "flops": float(row["flops"]),
+                          "accuracy": _optional_float(row["accuracy"]),
+                          "before": _optional_float(row.get("accuracy_before_recalibration"))})
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: line {line} does not hold numbers where expected: {row}") from None
+    return table
+
+
+def _optional_float(text):
+    return float(text) if text not in (None, "") else None
+
+
+def summarize(table):
+    """Per round: (round, best accuracy, mean accuracy, best so far), over the scored candidates."""
+    summary, best_so_far = [], None
+    for r in sorted({row["round"] for row in table}):
+        scores = [row["accuracy"] for row in table if row["round"] == r and row["accuracy"] is not None]
+        if scores:
+            best_so_far = max(scores) if best_so_far is None else max(best_so_far, max(scores))
+            summary.append((r, max(scores), sum(scores) / len(scores), best_so_far))
+    return summary

@@ -1,7 +1,11 @@
 """Step 1 of SPOS: train the ShuffleNetV2 one-shot supernet, one FLOPs-binned uniform random path a step.
 
-Writes ``<output-dir>/epoch_{e}.pth.tar`` (weights for tester.py and scratch.py) and
-``<output-dir>/training_state.pth.tar`` (what ``--resume`` continues from) after every epoch.
+Writes ``<output-dir>/epoch_{e}.pth.tar`` (weights, with the network options tester.py rebuilds the supernet
+with) and ``<output-dir>/training_state.pth.tar`` (what ``--resume`` continues from) after every epoch.
+
+Defaults are Megvii's (ImageNet); a dataset may ship other defaults in ``recipe.json`` beside itself (the digits
+do: 32x32 input, batch 64 and a warm start). ``--warm-start-steps N`` first trains one template path and gives
+its function to every choice of every layer (warm_start.py), so that a supernet learns small data in minutes.
 """
 import os
 
@@ -16,16 +20,18 @@ import time  # noqa: E402
 from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
+import warm_start  # noqa: E402
 from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,  # noqa: E402
                         set_seed)
 from dataloader import ImageFolderLoader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
-from hardware import compute_dtype, get_device, prepare_model  # noqa: E402
+from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads  # noqa: E402
 from logs import logger, save_args, setup_logging  # noqa: E402
 from loops import evaluate, train_one_epoch  # noqa: E402
 from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
 from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
-from options import add_data_arguments, add_optimisation_arguments, add_performance_arguments  # noqa: E402
+from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
+                     parse_args_with_recipe)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 STATE_FILE = "training_state.pth.tar"
@@ -35,6 +41,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, workers=4)
     add_optimisation_arguments(parser, batch_size=768, epochs=120)
+    group = parser.add_argument_group("warm start (small data; see warm_start.py)")
+    group.add_argument("--warm-start-steps", type=int, default=0,
+                       help="steps of the template path before path sampling starts; 0: Megvii's recipe")
+    group.add_argument("--warm-start-fit-steps", type=int, default=200,
+                       help="steps fitting the Xception blocks to the template's (with --warm-start-steps)")
     add_performance_arguments(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--output-dir", default="./checkpoints")
@@ -45,7 +56,7 @@ def parse_args(argv=None):
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--log-frequency", type=int, default=10)
     group.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(argv)
+    return parse_args_with_recipe(parser, argv, "supernet.py")
 
 
 def main(argv=None):
@@ -53,6 +64,8 @@ def main(argv=None):
     args = parse_args(argv)
     context = distributed.init(get_device(args.device))
     setup_logging(os.path.join(args.output_dir, "supernet.log"), quiet=not context.is_main)
+    if args.recipe:
+        logger.info("defaults from %s", args.recipe)
     try:
         return train(args, context)
     finally:
@@ -62,9 +75,16 @@ def main(argv=None):
 def train(args, context):
     if args.batch_size < 1 or args.epochs < 1:
         raise UserError(f"--batch-size and --epochs must be positive, got {args.batch_size} and {args.epochs}")
+    if args.warm_start_steps and args.load_checkpoint:
+        raise UserError("--warm-start-steps replaces the weights of every choice: it starts from random weights, "
+                        "not from --load-checkpoint; give one of them")
+    if args.warm_start_steps < 0 or args.warm_start_fit_steps < 0:
+        raise UserError(f"--warm-start-steps and --warm-start-fit-steps must be 0 or more, got "
+                        f"{args.warm_start_steps} and {args.warm_start_fit_steps}")
     batch_size = distributed.per_process_batch_size(args.batch_size, context)
     set_seed(args.seed)
     device = context.device
+    set_cpu_threads(device, context)
 
     loader_args = dict(input_size=args.input_size, spos_preprocessing=args.spos_preprocessing, workers=args.workers,
                        backend=args.loader, device=device, seed=args.seed, shard_id=context.rank,
@@ -98,10 +118,12 @@ def train(args, context):
     model.get_candidate_flops((0,) * NUM_LAYERS)
     trained_model = distributed.wrap(model, context, supernet=True)
 
-    start_epoch = 0
+    start_epoch, state = 0, None
     state_path = os.path.join(args.output_dir, STATE_FILE)
     # what a saved state must have been trained on to be continued: the same data, the same steps an epoch
-    identity = {"dataset": describe_dataset(train_loader), "--batch-size": args.batch_size}
+    identity = {"dataset": describe_dataset(train_loader), "--batch-size": args.batch_size,
+                "--warm-start-steps": args.warm_start_steps}
+    extra = {**identity, "network": model.options()}
     if args.resume:
         state = resume_training(args.output_dir, STATE_FILE, args.epochs, model, optimizer, scheduler,
                                 expect=identity, repair=context.is_main, paths=path_rng)
@@ -111,29 +133,50 @@ def train(args, context):
     # only now: a refused resume leaves the run it was pointed at as it was
     if context.is_main:
         save_args(args, args.output_dir)
+    if args.warm_start_steps and state is None:
+        run_warm_start(args, model, train_loader, criterion, learning_rate, context)
+        if context.is_main:  # a state after no epoch: a resume from here does not warm up again
+            save_training_state(state_path, 0, model, optimizer, scheduler, extra=extra, paths=path_rng)
+        distributed.barrier(context)
 
     history = []
     for epoch in range(start_epoch, args.epochs):
         started = time.perf_counter()
         train_stats = train_one_epoch(trained_model, train_loader, criterion, optimizer, scheduler, epoch,
                                       args.epochs, args.log_frequency, sample_architecture, autocast_dtype)
-        # the same random paths every epoch, so validation numbers compare across epochs
-        # (drawn by every process alike without talking: shards may differ by a batch)
+        # the same random paths every epoch, so validation numbers compare across epochs (drawn by every process
+        # alike without talking: shards may differ by a batch); BN statistics are the supernet's running ones,
+        # mixed over all paths: `tester.py --random-paths` scores paths recalibrated, as the search does
         val_stats = evaluate(model, val_loader, criterion,
                              sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)),
                              autocast_dtype=autocast_dtype)
         if context.is_main:  # the state first: see checkpoint.py
-            save_training_state(state_path, epoch + 1, model, optimizer, scheduler, extra=identity,
-                                paths=path_rng)
-            save_weights(args.output_dir, epoch + 1, model.state_dict())
+            save_training_state(state_path, epoch + 1, model, optimizer, scheduler, extra=extra, paths=path_rng)
+            save_weights(args.output_dir, epoch + 1, model.state_dict(), model.options())
         distributed.barrier(context)
         logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
-                    "val on random paths loss %.4f top1 %.4f top5 %.4f (%d images) | saved epoch_%d.pth.tar",
+                    "val on random paths, BN not recalibrated: loss %.4f top1 %.4f top5 %.4f (%d images) | saved "
+                    "epoch_%d.pth.tar",
                     epoch + 1, args.epochs, time.perf_counter() - started, train_stats["loss"], train_stats["top1"],
                     train_stats["images_per_s"], val_stats["loss"], val_stats["top1"], val_stats["top5"],
                     val_stats["images"], epoch + 1)
         history.append({"epoch": epoch + 1, "train": train_stats, "val": val_stats})
     return history
+
+
+def run_warm_start(args, model, train_loader, criterion, learning_rate, context):
+    """warm_start.warm_start on this process's batches; under torchrun every process then takes rank 0's
+    result, so that all start path sampling from the same weights."""
+    def batches():
+        while True:
+            yield from train_loader
+
+    logger.info("warm start: %d steps of the template path, then %d steps fitting the Xception blocks",
+                args.warm_start_steps, args.warm_start_fit_steps)
+    optimizer = make_optimizer(model, learning_rate, args.momentum, args.weight_decay)
+    warm_start.warm_start(model, batches(), args.warm_start_steps, args.warm_start_fit_steps, criterion, optimizer,
+                          args.log_frequency)
+    distributed.broadcast_weights(model, context)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`make demo`'s path, reduced: demo.py with a 1-epoch supernet, a real nnictl search of 2 rounds of 4
+"""`make demo`'s path, reduced: demo.py with a short warm start and 1 epoch of supernet, 4 random paths scored,
+a real nnictl search of 2 rounds of 4
 candidates on real DALI, and 3 scratch epochs; and Ctrl-C during the search, which must stop the experiment.
 Each run writes only under a temporary --output-dir (and data/digits, which the demo reuses)."""
 import os
@@ -16,7 +17,8 @@ DEMO_TIMEOUT_S = 900
 
 
 def demo_command(output_dir, port, scratch_epochs=3):
-    return [sys.executable, "demo.py", "--supernet-epochs", "1", "--scratch-epochs", str(scratch_epochs),
+    return [sys.executable, "demo.py", "--supernet-epochs", "1", "--supernet-warm-start-steps", "100",
+            "--supernet-paths", "4", "--scratch-epochs", str(scratch_epochs),
             "--search-rounds", "2", "--search-population", "4", "--port", str(port), "--output-dir",
             str(output_dir)]
 
@@ -35,7 +37,15 @@ def test_reduced_demo_runs_every_step_and_summarises(tmp_path):
     summary = done.stdout.split("=== summary", 1)[1]
     values = dict(re.findall(r"^  (\S.*?\S)\s{2,}(\S.*)$", summary, flags=re.M))
 
-    assert 0.0 <= float(values["supernet accuracy on random paths"].rstrip("%")) <= 100.0
+    # recalibrated random paths of a warm-started supernet, far above chance (10 %) even after one epoch
+    mean, worst, best = re.fullmatch(r"mean (\S+)%, worst (\S+)%, best (\S+)%",
+                                     values["supernet: 4 random paths (recalibrated)"]).groups()
+    assert 30.0 < float(mean) and float(worst) <= float(mean) <= float(best) <= 100.0
+    for round_ in (1, 2):
+        line = values[f"search round {round_}: best, mean"]
+        best_of_round, mean_of_round = re.fullmatch(r"(\S+)%, (\S+)%", line).groups()
+        assert float(mean_of_round) <= float(best_of_round)
+    assert re.fullmatch(r"[+-]\d+\.\d points", values["last round's best - first round's mean"])
     # what the tuner's search_state.json says: every candidate scored, every round closed with all its results
     assert values["candidates scored"] == "8 of 8 (0 failed)"
     assert values["rounds"] == "2, 2 of them closed with every result"
@@ -49,10 +59,10 @@ def test_reduced_demo_runs_every_step_and_summarises(tmp_path):
     plot = os.path.join(REPO, values["search plot"])
     with open(plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    for step in ("supernet", "search", "scratch", "total"):
+    for step in ("supernet", "supernet paths", "search", "scratch", "total"):
         assert values[f"time: {step}"].endswith(" s")
     logs = os.path.join(REPO, values["logs"])
-    assert {"supernet.log", "scratch.log", "nnictl_create.log"} <= set(os.listdir(logs))
+    assert {"supernet.log", "supernet_paths.log", "scratch.log", "nnictl_create.log"} <= set(os.listdir(logs))
     assert "stopped NNI experiment" in done.stdout
     assert_experiment_stopped(port)
 

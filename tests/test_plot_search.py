@@ -6,7 +6,7 @@ import pytest
 
 import plot_search
 from errors import UserError
-from search_state import EXPORT_DIR, STATE_FILE
+from search_state import EXPORT_DIR, STATE_FILE, read_table
 from test_tuner import FakeNNI, make_tuner
 
 FOUR_ROUNDS_OF_TEN = dict(max_epochs=4, num_population=10, num_select=3, num_mutation=4, num_crossover=4)
@@ -18,7 +18,7 @@ def test_the_plot_says_how_far_the_search_got(tmp_path):
     nni_.run(concurrency=2, until=lambda n: tuner.rounds_done == 2)
     table_path = plot_search.find_table(str(tmp_path))
     assert table_path == os.path.join(tmp_path, "log", EXPORT_DIR, "candidates.csv")
-    table, state = plot_search.read_table(table_path), plot_search.find_state(table_path)
+    table, state = read_table(table_path), plot_search.find_state(table_path)
     best = max(table, key=lambda row: row["accuracy"] or 0)
     assert "candidates in 2 rounds (running: round 3 of 4)" in plot_search.title(table, state, best)
 
@@ -29,7 +29,7 @@ def test_the_plot_says_how_far_the_search_got(tmp_path):
     output = plot_search.main([str(tmp_path / "log"), "-o", str(tmp_path / "search.png")])
     with open(output, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    table, state = plot_search.read_table(table_path), plot_search.find_state(table_path)
+    table, state = read_table(table_path), plot_search.find_state(table_path)
     best = max(table, key=lambda row: row["accuracy"])
     assert plot_search.title(table, state, best).startswith("SPOS evolution: 40 candidates in 4 rounds; best ")
 
