@@ -21,8 +21,8 @@ from torch import nn  # noqa: E402
 
 import distributed  # noqa: E402
 import warm_start  # noqa: E402
-from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,  # noqa: E402
-                        set_seed)
+from checkpoint import (describe_dataset, kill_point_for_tests, resume_training, save_training_state,  # noqa: E402
+                        save_weights, set_seed)
 from dataloader import ImageFolderLoader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads  # noqa: E402
@@ -137,6 +137,7 @@ def train(args, context):
         run_warm_start(args, model, train_loader, criterion, learning_rate, context)
         if context.is_main:  # a state after no epoch: a resume from here does not warm up again
             save_training_state(state_path, 0, model, optimizer, scheduler, extra=extra, paths=path_rng)
+            kill_point_for_tests("after-warm-start")
         distributed.barrier(context)
 
     history = []

@@ -3,6 +3,7 @@
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -59,6 +60,35 @@ def test_one_epoch_writes_weights_state_and_arguments(one_epoch_run):
     assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 6
     assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))
     assert torch.equal(state["state_dict"]["classifier.0.weight"], model.classifier[0].weight)
+
+
+def test_the_warm_start_runs_once_and_the_weights_carry_the_network_options(small_digits, tmp_path):
+    """--warm-start-steps: the template path, the fit, a state after no epoch (killed right after it, the run
+    resumes without warming up again), then path sampling; the weights record the options tester.py rebuilds
+    the supernet with."""
+    from scoring import input_size_of
+
+    output_dir = tmp_path / "run"
+    args = run_args(small_digits, output_dir, 1, "--warm-start-steps", "12", "--warm-start-fit-steps", "3")
+    killed = subprocess.run([sys.executable, os.path.join(REPO, "supernet.py"), *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=240, env={**os.environ, "SPOS_TEST_KILL_POINT": "after-warm-start"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "warm start: template path [12/12]" in killed.stderr and "fitting 20 Xception branches" in killed.stderr
+    assert torch.load(output_dir / "training_state.pth.tar", weights_only=True)["epoch"] == 0
+    assert not os.path.exists(output_dir / "epoch_0.pth.tar")
+    resumed = run_script(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "0 of 1 epochs done" in resumed.stderr and "warm start" not in resumed.stderr
+    weights = torch.load(output_dir / "epoch_1.pth.tar", weights_only=True)
+    assert weights["network"] == {"input_size": 32, "first_conv_channels": 16, "last_conv_channels": 1024,
+                                  "n_classes": 10, "affine": False}
+    assert input_size_of(str(output_dir / "epoch_1.pth.tar")) == 32
+    assert input_size_of(str(output_dir / "epoch_1.pth.tar"), requested=64) == 64
+
+
+def test_warm_start_and_load_checkpoint_are_refused_together(small_digits, tmp_path):
+    done = run_script(*run_args(small_digits, tmp_path, 1, "--warm-start-steps", "5", "--load-checkpoint"))
+    assert done.returncode == 2 and "give one of them" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_training_machinery_learns_digits(digits_dir):

@@ -1,0 +1,83 @@
+"""bench/ranking.py and bench/bench_ranking.py: tau, rho and top-k against scipy on fixed data; a tiny real
+ranking run (2 architectures, 1 epoch, 1 seed) writes its table, CSV and plot, and a rerun skips its
+finished stand-alone runs."""
+import csv
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from scipy import stats
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import ranking  # noqa: E402
+
+PAIRS = [
+    ([0.91, 0.95, 0.93, 0.97, 0.90, 0.96], [0.93, 0.96, 0.92, 0.98, 0.94, 0.95]),
+    ([1, 2, 2, 3, 4, 4, 5], [2, 1, 3, 3, 5, 4, 4]),  # ties in both
+    ([0.5, 0.5, 0.7, 0.2], [0.1, 0.3, 0.3, 0.9]),
+    ([random.Random(s).random() for s in range(30)], [random.Random(s + 99).random() for s in range(30)]),
+]
+
+
+@pytest.mark.parametrize("x, y", PAIRS)
+def test_tau_and_rho_equal_scipys(x, y):
+    assert ranking.kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert ranking.spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert ranking.ranks(x) == pytest.approx(list(stats.rankdata(x)))
+
+
+def test_constant_values_have_no_tau_and_identical_orders_have_one():
+    assert math.isnan(ranking.kendall_tau([1, 1, 1], [1, 2, 3]))
+    assert ranking.kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert ranking.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+
+
+def test_top_k_overlap():
+    assert ranking.top_k_overlap([1, 2, 3, 4], [4, 3, 2, 1], 2) == 0.0
+    assert ranking.top_k_overlap([1, 2, 3, 4], [0, 5, 6, 7], 3) == 1.0
+    assert ranking.top_k_overlap([4, 3, 2, 1], [4, 1, 3, 2], 2) == 0.5
+
+
+def test_bootstrap_interval_holds_the_statistic_and_narrows_with_more_data():
+    rng = random.Random(0)
+    x = [rng.random() for _ in range(200)]
+    y = [a + rng.gauss(0, 0.3) for a in x]
+    low, high = ranking.bootstrap_interval(ranking.kendall_tau, x, y, resamples=300)
+    assert low < ranking.kendall_tau(x, y) < high
+    small_low, small_high = ranking.bootstrap_interval(ranking.kendall_tau, x[:20], y[:20], resamples=300)
+    assert small_high - small_low > high - low
+
+
+def test_a_tiny_ranking_run_writes_its_outputs_and_a_rerun_skips_finished_runs(small_digits, digits_checkpoint,
+                                                                               tmp_path):
+    out = tmp_path / "ranking"
+    command = [sys.executable, os.path.join(REPO, "bench", "bench_ranking.py"), "--checkpoint", digits_checkpoint,
+               "--imagenet-dir", str(small_digits), "--architectures", "2", "--seeds", "1", "--epochs", "1",
+               "--output-dir", str(out), "--jobs", "2",
+               "--tester-args", "--input-size 32 --train-iters 2 --train-batch-size 32 --test-batch-size 100",
+               "--scratch-args", "--input-size 32 --batch-size 64 --workers 1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "0 of 2 finished earlier, 2 to run" in done.stderr
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["architecture"], r["seed"], r["epochs"]) for r in rows] == [("arch00", "1", "1"), ("arch01", "1", "1")]
+    assert all(0 <= float(r["stand_alone_accuracy"]) <= 1 and 0 <= float(r["supernet_accuracy"]) <= 1 for r in rows)
+    assert int(rows[0]["flops"]) <= int(rows[1]["flops"]) <= 330e6  # spread over the FLOPs range, low to high
+    with open(out / "ranking.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    assert "Kendall tau, supernet vs stand-alone" in summary and "Spearman rho" in summary
+    assert summary in done.stdout
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 of 2 finished earlier, 0 to run" in again.stderr
+    assert "supernet score" not in again.stderr  # kept from the first run, for the same checkpoint
+    with open(out / "runs.csv") as f:
+        assert list(csv.DictReader(f)) == rows
