@@ -15,13 +15,14 @@ Variants (the README's table says what each does to the method):
   kaiming             Kaiming (fan-in) init instead of Megvii's, learning rate 4x
 
 Each run trains with Megvii's rules (SGD, momentum 0.9, weight decay on conv and linear weights, off-path blocks
-untouched) and a learning rate that decays linearly to 0 at the last step count; the template and fitting steps
-of the warm-start variants come first and are counted in the minutes. Training time is timed apart from the
-evaluations.
+untouched) and a learning rate that decays linearly to 0 at the last step count, on supernet.py's threads; the
+template and fitting steps of the warm-start variants come first and are counted in the minutes. Training time is
+timed apart from the evaluations.
 """
 import os
 import sys
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as supernet.py (set before torch loads)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -35,7 +36,7 @@ from torch import nn  # noqa: E402
 import warm_start  # noqa: E402
 from dataloader import ImageFolderLoader, scoring_batches  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
-from hardware import prepare_model  # noqa: E402
+from hardware import prepare_model, set_cpu_threads  # noqa: E402
 from logs import setup_logging  # noqa: E402
 from loops import train_one_epoch  # noqa: E402
 from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, paper_flops, random_architecture  # noqa: E402
@@ -186,6 +187,7 @@ def main(argv=None):
         raise UserError(f"--variants: unknown {unknown[0]!r} (known: {', '.join(VARIANTS)})")
     steps_at = sorted(int(s) for s in args.steps.split(","))
     torch.set_flush_denormal(True)
+    set_cpu_threads(torch.device("cpu"))  # as supernet.py trains
     loader = ImageFolderLoader(args.imagenet_dir, "train", train=True, batch_size=args.batch_size,
                                input_size=args.input_size, workers=1, seed=args.seed)
     recalibration, val, _, _ = scoring_batches(args.imagenet_dir, train_batch_size=64, train_iters=args.train_iters,
