@@ -6,14 +6,13 @@ narrows ImageNet's train augmentation to what a digit survives (no mirror, no co
 least 80 % of the scan); dataloader.py reads it. recipe.json holds the steps' defaults for these digits.
 """
 import argparse
-import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from image_folder import write_image_folder
 
 VAL_EVERY = 6
 UPSCALE = 4
@@ -36,24 +35,14 @@ RECIPE = {
 
 def write_digits(output_dir):
     digits = load_digits()
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".digits-", dir=parent)  # renamed into place once complete
-    for index, (scan, label) in enumerate(zip(digits.images, digits.target)):
-        split = "val" if index % VAL_EVERY == 0 else "train"
-        pixels = (scan * (255.0 / 16.0)).round().astype(np.uint8)
-        image = Image.fromarray(pixels, mode="L").resize((8 * UPSCALE, 8 * UPSCALE), Image.BILINEAR)
-        class_dir = os.path.join(staging, split, str(label))
-        os.makedirs(class_dir, exist_ok=True)
-        image.convert("RGB").save(os.path.join(class_dir, f"{index:04d}.JPEG"), quality=95)
-    with open(os.path.join(staging, "preprocessing.json"), "w") as f:
-        json.dump(AUGMENTATION, f)
-    with open(os.path.join(staging, "recipe.json"), "w") as f:
-        json.dump(RECIPE, f, indent=2)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.rename(staging, output_dir)
-    return len(digits.images)
+
+    def samples():
+        for index, (scan, label) in enumerate(zip(digits.images, digits.target)):
+            pixels = (scan * (255.0 / 16.0)).round().astype(np.uint8)
+            image = Image.fromarray(pixels, mode="L").resize((8 * UPSCALE, 8 * UPSCALE), Image.BILINEAR)
+            yield "val" if index % VAL_EVERY == 0 else "train", str(label), f"{index:04d}", image
+
+    return write_image_folder(output_dir, samples(), AUGMENTATION, RECIPE)
 
 
 def main():
