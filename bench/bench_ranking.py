@@ -7,12 +7,14 @@ accuracy they reach trained alone from scratch.
    --architecture-final is given);
 2. each scored with the supernet as the search scores a candidate (scoring.py: BN recalibrated, the trial
    settings of the dataset's recipe or the flags given);
-3. each trained from scratch with scratch.py itself, the same epochs and recipe for all, once per seed: runs go
-   to processes side by side (one per CPU core, or one per GPU), and a rerun skips finished runs and resumes
-   interrupted ones (scratch.py --resume);
+3. each trained from scratch with scratch.py itself, the same epochs and recipe for all (--epochs, or the
+   "bench_ranking.py" section of the dataset's recipe.json), once per seed: runs go to processes side by side
+   (one per CPU core, or one per GPU), and a rerun skips finished runs and resumes interrupted ones
+   (scratch.py --resume);
 4. Kendall tau and Spearman rho between supernet score and stand-alone accuracy (mean over seeds), each with a
    bootstrap interval over the architectures; the seed-to-seed tau of the stand-alone accuracies, the ceiling
-   any supernet can reach at this budget (how well the stand-alone ranking predicts itself); top-k overlap.
+   at this budget (how well one seed's ranking predicts another's; the supernet is compared with the mean over
+   seeds, which is less noisy than one seed, so its tau can come out above it); top-k overlap.
 
 Writes to --output-dir: runs.csv (every run), ranking.png (supernet score against stand-alone accuracy, error
 bars over seeds), summary.md (the table printed), architectures/ and runs/<architecture>_seed<seed>/.
@@ -35,6 +37,7 @@ from report import emit, markdown_table  # noqa: E402
 
 from architecture import load_architecture, write_architecture  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
+from options import parse_args_with_recipe  # noqa: E402
 
 SCRATCH_STATE = "training_state.pth.tar"  # scratch.STATE_FILE (scratch.py is run, not imported)
 
@@ -47,7 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--architecture-final", default=None, metavar="FILE",
                         help="also rank this one (the search's architecture_final.json)")
     parser.add_argument("--seeds", type=int, default=2, help="stand-alone runs per architecture (seeds 1..N)")
-    parser.add_argument("--epochs", type=int, default=20, help="stand-alone training epochs, the same for all")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="stand-alone training epochs, the same for all (a dataset's recipe.json may set it)")
     parser.add_argument("--flops-limit", type=float, default=330e6, help="FLOPs at 224x224, as the search's")
     parser.add_argument("--jobs", type=int, default=0,
                         help="stand-alone runs side by side; 0: one per GPU, else one per CPU core")
@@ -58,7 +62,7 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="which architectures are drawn")
     parser.add_argument("--output-dir", default="ranking_output")
-    return parser.parse_args(argv)
+    return parse_args_with_recipe(parser, argv, "bench_ranking.py")
 
 
 def choose_architectures(count, flops_limit, seed, final=None):
@@ -248,7 +252,8 @@ def main(argv=None):
     rows.append([f"top-{k} overlap, supernet vs stand-alone", f"{top_k_overlap(scores, means, k):.2f}", ""])
     spread = [100 * (max(values) - min(values)) for values in (scores, means)]
     header = (f"{len(architectures)} architectures under {args.flops_limit / 1e6:.0f}M FLOPs, {len(seeds)} seed(s) "
-              f"x {args.epochs} epochs each, on {args.imagenet_dir}; supernet {checkpoint}\n"
+              f"x {args.epochs} epochs each, on {args.imagenet_dir}"
+              f"{f' (recipe {args.recipe})' if args.recipe else ''}; supernet {checkpoint}\n"
               f"supernet scores {100 * min(scores):.1f}-{100 * max(scores):.1f} % (spread {spread[0]:.1f} points), "
               f"stand-alone {100 * min(means):.1f}-{100 * max(means):.1f} % (spread {spread[1]:.1f}); "
               f"time: supernet scores {scoring_seconds:.0f} s, stand-alone runs {training_seconds:.0f} s "

@@ -16,7 +16,7 @@ def test_digits_layout_and_recipe(digits_dir):
     assert counts == {"train": 1497, "val": 300}
     assert sorted(os.listdir(os.path.join(digits_dir, "train"))) == [str(d) for d in range(10)]
     with open(os.path.join(digits_dir, "recipe.json")) as f:
-        assert set(json.load(f)) == {"supernet.py", "tester.py", "scratch.py"}
+        assert set(json.load(f)) == {"supernet.py", "tester.py", "scratch.py", "bench_ranking.py"}
 
 
 def write_idx(path, array, magic):
