@@ -1,14 +1,19 @@
 """The small-input supernet train step, this project's against the plain eager yardstick (bench/plain_shufflenet.py),
-each in a process of its own with the environment its script gets, on the same batches from the same loader.
+each in a process of its own with the environment its script gets, on the same batches from the same loader; and
+the project's step under the other OpenMP settings it could have chosen, on an idle machine or beside --load busy
+processes.
 
-    python bench/bench_train_step.py                     # digits, 32x32, batch 64: about 2 minutes on 2 cores
+    python bench/bench_train_step.py                     # digits, 32x32, batch 64: about 3 minutes on 2 cores
+    python bench/bench_train_step.py --load 2            # the same beside 2 processes that keep a core busy each
 
   yardstick         a plain script: no OpenMP settings, torch's default threads, NCHW, fp32, torch.optim.SGD
                     over all parameters, BN and ReLU as layers
-  this project      what supernet.py runs: OMP_WAIT_POLICY=PASSIVE, one compute thread fewer than the cores on a
+  project           what supernet.py runs: OMP_WAIT_POLICY=PASSIVE, one compute thread fewer than the cores on a
                     CPU (hardware.set_cpu_threads), channels-last, the small-map convolutions of blocks.py,
                     foreach SGD over the path's weights, loops.train_one_epoch
-Both draw the same FLOPs-binned paths and read the same digits batches (the project's DALI loader, as
+  project, all cores, passive      the same with a compute thread per core (OMP_NUM_THREADS)
+  project, all cores, default wait the same without OMP_WAIT_POLICY: idle OpenMP threads spin before they sleep
+Every run draws the same FLOPs-binned paths and reads the same digits batches (the project's DALI loader, as
 supernet.py reads them); the time counted is each step's, from its batch to the optimizer's update, after 10
 warm-up steps. Synthetic in-memory batches (--synthetic) leave the loader out.
 """
@@ -28,6 +33,13 @@ from report import emit, markdown_table  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 
 IMPLEMENTATIONS = ("yardstick", "project")
+# row name: (implementation, environment it runs in; None: with no OpenMP variables at all, a plain script's)
+SETTINGS = {
+    "yardstick": ("yardstick", None),
+    "project": ("project", {"OMP_WAIT_POLICY": "PASSIVE"}),  # what supernet.py sets before torch loads
+    "project, all cores, passive": ("project", {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "{cores}"}),
+    "project, all cores, default wait": ("project", {"OMP_NUM_THREADS": "{cores}"}),
+}
 
 
 def parse_args(argv=None):
@@ -37,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="timed steps (after 10 warm-up steps)")
     parser.add_argument("--synthetic", action="store_true", help="random in-memory batches instead of the loader")
+    parser.add_argument("--load", type=int, default=0, help="busy processes running beside every measurement")
     parser.add_argument("--output", default=None, help="also write the table here (Markdown)")
     parser.add_argument("--run", choices=IMPLEMENTATIONS, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -103,6 +116,18 @@ def measure(args):
     return {"ms": [1000 * s for s in seconds], "threads": torch.get_num_threads()}
 
 
+def run_setting(args, argv, implementation, extra, cores):
+    """One implementation in a child process whose OpenMP variables are only ``extra``'s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "KMP_"))}
+    env.update({k: v.format(cores=cores) for k, v in (extra or {}).items()})
+    command = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
+               "--run", implementation]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise UserError(f"the {implementation} run failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.run:
@@ -110,27 +135,27 @@ def main(argv=None):
         return
     if not args.synthetic and not os.path.isdir(os.path.join(args.imagenet_dir, "train")):
         raise UserError(f"{args.imagenet_dir}: no train/ folder (python data/make_digits.py writes the digits)")
-    results = {}
-    for implementation in IMPLEMENTATIONS:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "KMP_"))}
-        if implementation == "project":
-            env["OMP_WAIT_POLICY"] = "PASSIVE"  # what supernet.py sets before torch loads
-        command = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
-                   "--run", implementation]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            raise UserError(f"the {implementation} run failed: {done.stderr.strip().splitlines()[-1]}")
-        results[implementation] = json.loads(done.stdout.strip().splitlines()[-1])
+    if args.load < 0:
+        raise UserError(f"--load must be 0 or more, got {args.load}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        results = {name: run_setting(args, argv, implementation, extra, cores)
+                   for name, (implementation, extra) in SETTINGS.items()}
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
     yardstick = statistics.median(results["yardstick"]["ms"])
     rows = []
-    for implementation, result in results.items():
+    for name, result in results.items():
         median = statistics.median(result["ms"])
-        rows.append([implementation, str(result["threads"]), f"{median:.1f}", f"{min(result['ms']):.1f}",
+        rows.append([name, str(result["threads"]), f"{median:.1f}", f"{min(result['ms']):.1f}",
                      f"{yardstick / median:.2f}x"])
     data = "synthetic in-memory batches" if args.synthetic else f"{args.imagenet_dir} through the project's loader"
     emit(f"supernet train step, {args.input_size}x{args.input_size}, batch {args.batch_size}, {args.steps} steps, "
-         f"{data}, {os.cpu_count()} cores\n\n"
-         + markdown_table(["implementation", "compute threads", "median ms a step", "fastest", "ratio"], rows),
+         f"{data}, {cores} cores, {args.load} busy processes beside it\n\n"
+         + markdown_table(["run", "compute threads", "median ms a step", "fastest", "ratio"], rows),
          args.output)
 
 

@@ -151,16 +151,20 @@ def test_bench_model_compares_with_the_plain_yardstick(tmp_path):
     assert all(row[2] == "1.00x" for row in rows if row[0].startswith("plain"))
 
 
-def test_bench_train_step_runs_each_implementation_in_its_own_environment(small_digits, tmp_path):
+def test_bench_train_step_runs_each_setting_in_its_own_environment(small_digits, tmp_path):
     output = tmp_path / "step.md"
     done = run(sys.executable, os.path.join(REPO, "bench", "bench_train_step.py"), "--imagenet-dir", str(small_digits),
-               "--steps", "3", "--output", str(output), timeout=300)
+               "--steps", "3", "--load", "1", "--output", str(output), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {row[0]: row for row in table_rows(output.read_text()) if row[0] != "implementation"}
-    assert set(rows) == {"yardstick", "project"}
+    text = output.read_text()
+    assert "1 busy processes beside it" in text
+    rows = {row[0]: row for row in table_rows(text) if row[0] != "run"}
+    assert set(rows) == {"yardstick", "project", "project, all cores, passive", "project, all cores, default wait"}
     # a plain script computes on torch's default threads; supernet.py leaves one core to its loader
-    assert int(rows["yardstick"][1]) >= 1 and rows["project"][1] == str(max(1, len(os.sched_getaffinity(0)) - 1))
-    assert rows["yardstick"][4] == "1.00x" and float(rows["project"][2]) > 0
+    cores = len(os.sched_getaffinity(0))
+    assert int(rows["yardstick"][1]) >= 1 and rows["project"][1] == str(max(1, cores - 1))
+    assert rows["project, all cores, passive"][1] == rows["project, all cores, default wait"][1] == str(cores)
+    assert rows["yardstick"][4] == "1.00x" and all(float(row[2]) > 0 for row in rows.values())
 
 
 def test_plain_yardstick_is_the_same_network():
