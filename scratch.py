@@ -7,30 +7,26 @@ Writes ``<output-dir>/epoch_{e}.pth.tar`` (``{'state_dict': ...}``) and ``<outpu
 ``lr``, ``loss/train``, ``acc1/train``, ``acc5/train`` every step, ``loss/test``, ``acc1/test``,
 ``acc5/test`` every epoch. ``--evaluate CHECKPOINT`` only measures a saved net on the val split.
 """
+import argparse
 import os
+import time
 
-# Before torch loads OpenMP: spinning OpenMP threads starve DALI's threads (see supernet.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from torch import nn
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import distributed  # noqa: E402
-from architecture import load_architecture, write_architecture  # noqa: E402
-from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,  # noqa: E402
+import distributed
+from architecture import load_architecture, write_architecture
+from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,
                         set_seed)
-from dataloader import ImageFolderLoader  # noqa: E402
-from errors import UserError, run_main  # noqa: E402
-from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads  # noqa: E402
-from logs import logger, save_args, setup_logging  # noqa: E402
-from loops import evaluate, train_one_epoch  # noqa: E402
-from metrics import accuracy  # noqa: E402
-from network import PAPER_CLASSES, PAPER_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_weights  # noqa: E402
-from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
-from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
+from dataloader import ImageFolderLoader
+from errors import UserError, run_main
+from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
+from logs import logger, save_args, setup_logging
+from loops import evaluate, train_one_epoch
+from metrics import accuracy
+from network import PAPER_CLASSES, PAPER_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_weights
+from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
+from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
                      parse_args_with_recipe, project_file)
 
 STATE_FILE = "training_state.pth.tar"

@@ -7,30 +7,25 @@ Defaults are Megvii's (ImageNet); a dataset may ship other defaults in ``recipe.
 do: 32x32 input, batch 64 and a warm start). ``--warm-start-steps N`` first trains one template path and gives
 its function to every choice of every layer (warm_start.py), so that a supernet learns small data in minutes.
 """
+import argparse
 import os
+import random
+import time
 
-# Before torch loads OpenMP: its threads spin while they wait, which starves DALI's threads and any other
-# process sharing the CPU (an epoch on digits on 2 busy cores took 66 s instead of 13 s). Set it to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from torch import nn
 
-import argparse  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-
-from torch import nn  # noqa: E402
-
-import distributed  # noqa: E402
-import warm_start  # noqa: E402
-from checkpoint import (describe_dataset, kill_point_for_tests, resume_training, save_training_state,  # noqa: E402
+import distributed
+import warm_start
+from checkpoint import (describe_dataset, kill_point_for_tests, resume_training, save_training_state,
                         save_weights, set_seed)
-from dataloader import ImageFolderLoader  # noqa: E402
-from errors import UserError, run_main  # noqa: E402
-from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads  # noqa: E402
-from logs import logger, save_args, setup_logging  # noqa: E402
-from loops import evaluate, train_one_epoch  # noqa: E402
-from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights  # noqa: E402
-from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
-from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,  # noqa: E402
+from dataloader import ImageFolderLoader
+from errors import UserError, run_main
+from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
+from logs import logger, save_args, setup_logging
+from loops import evaluate, train_one_epoch
+from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights
+from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
+from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
                      parse_args_with_recipe)
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"

@@ -31,7 +31,8 @@ SEARCH_SPACE_ENV = "NNI_GEN_SEARCH_SPACE"
 if __name__ == "__main__" and os.environ.get(SEARCH_SPACE_ENV):
     sys.exit(write_search_space(os.environ[SEARCH_SPACE_ENV]))
 
-# Before torch loads OpenMP: spinning OpenMP threads starve DALI's and other trials' (see supernet.py).
+# Before torch loads OpenMP: trials share the cores by design (several at a time, each with its loader), and
+# spinning OpenMP threads starve the others' (README, Performance).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402

@@ -12,7 +12,6 @@ on the same weights, the same random paths and the same synthetic batches.
 import os
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as supernet.py and tester.py (set before torch loads)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402

@@ -3,16 +3,18 @@ each in a process of its own with the environment its script gets, on the same b
 the project's step under the other OpenMP settings it could have chosen, on an idle machine or beside --load busy
 processes.
 
-    python bench/bench_train_step.py                     # digits, 32x32, batch 64: about 3 minutes on 2 cores
+    python bench/bench_train_step.py                     # digits, 32x32, batch 64: about 1.5 minutes on 2 cores
     python bench/bench_train_step.py --load 2            # the same beside 2 processes that keep a core busy each
 
   yardstick         a plain script: no OpenMP settings, torch's default threads, NCHW, fp32, torch.optim.SGD
                     over all parameters, BN and ReLU as layers
-  project           what supernet.py runs: OMP_WAIT_POLICY=PASSIVE, one compute thread fewer than the cores on a
-                    CPU (hardware.set_cpu_threads), channels-last, the small-map convolutions of blocks.py,
-                    foreach SGD over the path's weights, loops.train_one_epoch
-  project, all cores, passive      the same with a compute thread per core (OMP_NUM_THREADS)
-  project, all cores, default wait the same without OMP_WAIT_POLICY: idle OpenMP threads spin before they sleep
+  project           what supernet.py runs: one compute thread fewer than the cores on a CPU
+                    (hardware.set_cpu_threads), OpenMP's default wait policy (idle threads spin a while before
+                    they sleep), channels-last, the small-map convolutions of blocks.py, foreach SGD over the
+                    path's weights, loops.train_one_epoch
+  project, passive                 the same with OMP_WAIT_POLICY=PASSIVE (idle threads sleep at once)
+  project, all cores               the same with a compute thread per core (OMP_NUM_THREADS)
+  project, all cores, passive      both
 Every run draws the same FLOPs-binned paths and reads the same digits batches (the project's DALI loader, as
 supernet.py reads them); the time counted is each step's, from its batch to the optimizer's update, after 10
 warm-up steps. Synthetic in-memory batches (--synthetic) leave the loader out.
@@ -36,9 +38,10 @@ IMPLEMENTATIONS = ("yardstick", "project")
 # row name: (implementation, environment it runs in; None: with no OpenMP variables at all, a plain script's)
 SETTINGS = {
     "yardstick": ("yardstick", None),
-    "project": ("project", {"OMP_WAIT_POLICY": "PASSIVE"}),  # what supernet.py sets before torch loads
+    "project": ("project", None),  # supernet.py sets no OpenMP variable
+    "project, passive": ("project", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "project, all cores": ("project", {"OMP_NUM_THREADS": "{cores}"}),
     "project, all cores, passive": ("project", {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "{cores}"}),
-    "project, all cores, default wait": ("project", {"OMP_NUM_THREADS": "{cores}"}),
 }
 
 

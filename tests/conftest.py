@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see supernet.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: tests run processes side by side
 
 import pytest
 

@@ -107,7 +107,8 @@ def refusals(tmp_path_factory):
     results = {}
     for kind, (path, output_dir, process) in running.items():
         stdout, stderr = process.communicate(timeout=120)
-        results[kind] = (path, output_dir, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        results[kind] = (path, output_dir, done)
     return results
 
 
