@@ -58,3 +58,24 @@ def test_fashion_refuses_a_file_of_the_wrong_kind(tmp_path):
     with pytest.raises(SystemExit, match="train-images-idx3-ubyte.gz: not an IDX file of the expected kind"):
         write_fashion_mnist(str(tmp_path / "out"), str(tmp_path))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_fashion_refuses_missing_and_damaged_files(tmp_path):
+    with pytest.raises(SystemExit, match="train-images-idx3-ubyte.gz: missing"):
+        write_fashion_mnist(str(tmp_path / "out"), str(tmp_path))
+    fake_fashion_source(str(tmp_path), per_class=1)
+    image_file = tmp_path / "train-images-idx3-ubyte.gz"
+    image_file.write_bytes(image_file.read_bytes()[:20])  # cut inside the gzip stream
+    with pytest.raises(SystemExit, match="train-images-idx3-ubyte.gz: not a readable gzip file"):
+        write_fashion_mnist(str(tmp_path / "out"), str(tmp_path))
+    assert not os.path.exists(tmp_path / "out")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # nor its staging folder
+
+
+def test_fashion_recipe_is_the_digits_with_its_changes():
+    from make_digits import RECIPE as DIGITS
+    from make_fashion_mnist import RECIPE
+
+    assert RECIPE["supernet.py"] == {**DIGITS["supernet.py"], "epochs": 10}
+    assert RECIPE["tester.py"]["test_batch_size"] == 500 and RECIPE["scratch.py"]["epochs"] == 5
+    assert RECIPE["bench_ranking.py"] == {"epochs": 5}
