@@ -17,8 +17,8 @@ import random
 
 import torch
 
-from checkpoint import atomic_save
-from errors import UserError
+from spos.checkpoint import atomic_save
+from utils import UserError
 
 logger = logging.getLogger("spos")
 
@@ -208,6 +208,7 @@ class ImageFolderLoader:
         self.augmentation = read_augmentation(root) if train else None
         self._epoch = 0
         self._unreadable = set()
+        self._dali_mid_epoch = False
         self._impl = self._build_dali() if backend == "dali" else self._build_torch()
 
     @property
@@ -285,17 +286,27 @@ class ImageFolderLoader:
         return DALIClassificationIterator(pipe, reader_name="Reader", last_batch_policy=policy, auto_reset=True)
 
     def _iter_dali(self):
-        batches = iter(self._impl)
+        # DALI cannot restart an epoch it is in the middle of (a reader left mid-epoch, as by the warm start,
+        # would go on from there): finish that epoch first, so that every pass starts one, as torchvision's does
+        if self._dali_mid_epoch:
+            for _ in self._dali_batches():
+                pass
+        self._dali_mid_epoch = True
+        for batch in self._dali_batches():
+            images, labels = batch[0]["data"], batch[0]["label"]
+            yield images.to(self.device, non_blocking=True), labels.reshape(-1).long().to(self.device)
+        self._dali_mid_epoch = False
+
+    def _dali_batches(self):
+        """The rest of DALI's epoch. ``next`` only: ``iter`` on DALI's iterator mid-epoch asks it to reset."""
         while True:
             try:
-                batch = next(batches)
+                yield next(self._impl)
             except StopIteration:
                 return
             except RuntimeError as e:
                 raise UserError(f"{self.split_dir}: DALI failed to decode an image ({_dali_reason(e)}); run with "
                                 f"--loader torch to have unreadable images named and skipped") from None
-            images, labels = batch[0]["data"], batch[0]["label"]
-            yield images.to(self.device, non_blocking=True), labels.reshape(-1).long().to(self.device)
 
     # torchvision fallback
 

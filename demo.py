@@ -25,10 +25,10 @@ import urllib.request
 
 import yaml
 
-from architecture import load_architecture
-from errors import UserError
-from options import RECIPE_FILE
-from search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state, read_table, summarize
+from spos.architecture import load_architecture
+from spos.options import RECIPE_FILE
+from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state, read_table, summarize
+from utils import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
@@ -38,6 +38,9 @@ NNI_GAVE_UP = ("ERROR", "STOPPED")
 # written into the output folder, so that a rerun only ever replaces a folder an earlier demo wrote
 DEMO_MARKER = ".spos_demo_output"
 DEFAULT_OUTPUT = os.path.join(ROOT, "demo_output")  # gitignored, and earlier demos wrote it without the marker
+# nnictl imports setuptools' pkg_resources, which warns that it is deprecated: NNI's to fix, harmless, and
+# nothing the user can act on, so the steps' children filter it (a PYTHONWARNINGS entry)
+PKG_RESOURCES_WARNING = "ignore:pkg_resources is deprecated"
 
 
 def parse_args(argv=None):
@@ -67,8 +70,9 @@ class Demo:
         self.experiment_id = None
         self.search_state = None  # the tuner's search_state.json once the search finished
         self.timings = {}
+        warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), PKG_RESOURCES_WARNING]))
         self.env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                        PYTHONUNBUFFERED="1")
+                        PYTHONUNBUFFERED="1", PYTHONWARNINGS=warnings)
 
     def run(self, name, command, log_name):
         """Run one step as a child process, its output teed to demo_output/logs/<log_name>."""

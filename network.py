@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from blocks import CHOICE_NAMES, PointwiseConv2d, make_block
-from errors import UserError
+from utils import UserError
 
 NUM_LAYERS = 20
 NUM_CHOICES = len(CHOICE_NAMES)

@@ -17,9 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 
-from errors import UserError, run_main  # noqa: E402
-from search_state import (STATE_FILE, TABLE_FILE, find_search_dir, read_state, read_table,  # noqa: E402
-                          summarize)
+from spos.search_state import STATE_FILE, TABLE_FILE, find_search_dir, read_state, read_table, summarize  # noqa: E402
+from utils import UserError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -14,20 +14,17 @@ import time
 import torch
 from torch import nn
 
-import distributed
-from architecture import load_architecture, write_architecture
-from checkpoint import (describe_dataset, resume_training, save_training_state, save_weights,
-                        set_seed)
 from dataloader import ImageFolderLoader
-from errors import UserError, run_main
-from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
-from logs import logger, save_args, setup_logging
-from loops import evaluate, train_one_epoch
-from metrics import accuracy
 from network import PAPER_CLASSES, PAPER_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_weights
-from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
-from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
-                     parse_args_with_recipe, project_file)
+from spos import distributed
+from spos.architecture import load_architecture, write_architecture
+from spos.checkpoint import describe_dataset, resume_training, save_training_state, save_weights, set_seed
+from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
+from spos.loops import evaluate, train_one_epoch
+from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
+from spos.options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
+                          parse_args_with_recipe, project_file)
+from utils import UserError, accuracy, logger, run_main, save_args, setup_logging
 
 STATE_FILE = "training_state.pth.tar"
 DEFAULT_ARCHITECTURE = "architecture_final.json"
@@ -138,7 +135,7 @@ def train(args, architecture, context):
             val_stats = evaluate(model, val_loader, criterion, autocast_dtype=autocast_dtype)
             history.append([val_stats["top1"], val_stats["top5"]])
             writer.flush()  # the epoch's training scalars, before the state that keeps them
-            if context.is_main:  # the state first: see checkpoint.py
+            if context.is_main:  # the state first: see spos/checkpoint.py
                 save_training_state(state_path, epoch + 1, model, optimizer, scheduler,
                                     extra={**identity, "history": history})
                 # val scalars are stepped by epoch, out of purge_step's reach (it counts training steps), so they

@@ -5,7 +5,7 @@ with) and ``<output-dir>/training_state.pth.tar`` (what ``--resume`` continues f
 
 Defaults are Megvii's (ImageNet); a dataset may ship other defaults in ``recipe.json`` beside itself (the digits
 do: 32x32 input, batch 64 and a warm start). ``--warm-start-steps N`` first trains one template path and gives
-its function to every choice of every layer (warm_start.py), so that a supernet learns small data in minutes.
+its function to every choice of every layer (spos/warm_start.py), so that a supernet learns small data in minutes.
 """
 import argparse
 import os
@@ -14,19 +14,17 @@ import time
 
 from torch import nn
 
-import distributed
-import warm_start
-from checkpoint import (describe_dataset, kill_point_for_tests, resume_training, save_training_state,
-                        save_weights, set_seed)
 from dataloader import ImageFolderLoader
-from errors import UserError, run_main
-from hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
-from logs import logger, save_args, setup_logging
-from loops import evaluate, train_one_epoch
 from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights
-from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
-from options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
-                     parse_args_with_recipe)
+from spos import distributed, warm_start
+from spos.checkpoint import (describe_dataset, kill_point_for_tests, resume_training, save_training_state, save_weights,
+                             set_seed)
+from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
+from spos.loops import evaluate, train_one_epoch
+from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
+from spos.options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
+                          parse_args_with_recipe)
+from utils import UserError, logger, run_main, save_args, setup_logging
 
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 STATE_FILE = "training_state.pth.tar"
@@ -36,7 +34,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, workers=4)
     add_optimisation_arguments(parser, batch_size=768, epochs=120)
-    group = parser.add_argument_group("warm start (small data; see warm_start.py)")
+    group = parser.add_argument_group("warm start (small data; see spos/warm_start.py)")
     group.add_argument("--warm-start-steps", type=int, default=0,
                        help="steps of the template path before path sampling starts; 0: Megvii's recipe")
     group.add_argument("--warm-start-fit-steps", type=int, default=200,
@@ -146,7 +144,7 @@ def train(args, context):
         val_stats = evaluate(model, val_loader, criterion,
                              sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)),
                              autocast_dtype=autocast_dtype)
-        if context.is_main:  # the state first: see checkpoint.py
+        if context.is_main:  # the state first: see spos/checkpoint.py
             save_training_state(state_path, epoch + 1, model, optimizer, scheduler, extra=extra, paths=path_rng)
             save_weights(args.output_dir, epoch + 1, model.state_dict(), model.options())
         distributed.barrier(context)

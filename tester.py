@@ -1,6 +1,6 @@
 """Step 2 of SPOS: the trial NNI launches, scoring one candidate path of the trained supernet.
 
-Flow (NNI's SPOS tester, in scoring.py): build the supernet for the dataset's classes, load the checkpoint,
+Flow (NNI's SPOS tester, in spos/scoring.py): build the supernet for the dataset's classes, load the checkpoint,
 evaluate the candidate on val (reported as an intermediate result), recalibrate batch norm on
 ``--train-iters`` training batches, evaluate again, report the accuracy as the final result.
 
@@ -12,7 +12,7 @@ Five ways to run it:
   python tester.py --random-paths 20           how well the supernet learned: the mean accuracy of 20 random
                                                paths under the FLOPs limit, each scored as a trial scores it
   python tester.py --evolution                 the same evolution search in this one process, on data
-                                               decoded once (search.py; the tuner's settings from --search-config)
+                                               decoded once (spos/search.py; the tuner's settings from --search-config)
 
 Under NNI the final result is ``{"default": accuracy after recalibration, "before_recalibration": ...}``,
 both fractions in [0, 1], so the tuner sees both; the two intermediate results are the same numbers.
@@ -23,7 +23,7 @@ import time
 
 _MODULE_STARTED = time.time()
 
-from search_space import write_search_space  # noqa: E402
+from spos.search_space import write_search_space  # noqa: E402
 
 SEARCH_SPACE_ENV = "NNI_GEN_SEARCH_SPACE"
 
@@ -40,16 +40,15 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from architecture import load_architecture, parse_architecture  # noqa: E402
-from checkpoint import set_seed  # noqa: E402
-from errors import UserError, run_main  # noqa: E402
-from hardware import compute_dtype, get_device  # noqa: E402
-from logs import logger, setup_logging  # noqa: E402
 from network import OFFICIAL_CHECKPOINT  # noqa: E402
-from options import (add_data_arguments, add_performance_arguments, parse_args_with_recipe,  # noqa: E402
-                     project_file)
-from scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet,  # noqa: E402
-                     log_scoring_data, random_legal_paths, resolve_checkpoint)
+from spos.architecture import load_architecture, parse_architecture  # noqa: E402
+from spos.checkpoint import set_seed  # noqa: E402
+from spos.hardware import compute_dtype, get_device  # noqa: E402
+from spos.options import (add_data_arguments, add_performance_arguments, parse_args_with_recipe,  # noqa: E402
+                          project_file)
+from spos.scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet,  # noqa: E402
+                          log_scoring_data, random_legal_paths, resolve_checkpoint)
+from utils import UserError, logger, run_main, setup_logging  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -176,7 +175,7 @@ def main(argv=None):
         device = get_device(args.device)
         torch.set_flush_denormal(True)  # see below
         set_seed(args.seed)
-        from search import search_in_process
+        from spos.search import search_in_process
 
         return search_in_process(args, device)
     nni = None

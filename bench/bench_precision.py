@@ -19,10 +19,10 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from dataloader import scoring_batches  # noqa: E402
-from errors import run_main  # noqa: E402
-from hardware import get_device  # noqa: E402
 from network import FlopsBinnedSampler  # noqa: E402
-from scoring import evaluate_candidate, load_supernet, resolve_checkpoint  # noqa: E402
+from spos.hardware import get_device  # noqa: E402
+from spos.scoring import evaluate_candidate, load_supernet, resolve_checkpoint  # noqa: E402
+from utils import run_main  # noqa: E402
 
 
 def parse_args(argv=None):

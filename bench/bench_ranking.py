@@ -5,7 +5,7 @@ accuracy they reach trained alone from scratch.
 
 1. N architectures under the FLOPs limit, spread over the FLOPs range (the search's best among them when
    --architecture-final is given);
-2. each scored with the supernet as the search scores a candidate (scoring.py: BN recalibrated, the trial
+2. each scored with the supernet as the search scores a candidate (spos/scoring.py: BN recalibrated, the trial
    settings of the dataset's recipe or the flags given);
 3. each trained from scratch with scratch.py itself, the same epochs and recipe for all (--epochs, or the
    "bench_ranking.py" section of the dataset's recipe.json), once per seed: runs go to processes side by side
@@ -35,9 +35,9 @@ import time  # noqa: E402
 from ranking import bootstrap_interval, kendall_tau, spearman_rho, top_k_overlap  # noqa: E402
 from report import emit, markdown_table  # noqa: E402
 
-from architecture import load_architecture, write_architecture  # noqa: E402
-from errors import UserError, run_main  # noqa: E402
-from options import parse_args_with_recipe  # noqa: E402
+from spos.architecture import load_architecture, write_architecture  # noqa: E402
+from spos.options import parse_args_with_recipe  # noqa: E402
+from utils import UserError, run_main  # noqa: E402
 
 SCRATCH_STATE = "training_state.pth.tar"  # scratch.STATE_FILE (scratch.py is run, not imported)
 
@@ -68,7 +68,7 @@ def parse_args(argv=None):
 def choose_architectures(count, flops_limit, seed, final=None):
     """``count`` architectures spread evenly over the FLOPs range of random legal ones (and ``final``)."""
     from network import paper_flops
-    from scoring import random_legal_paths
+    from spos.scoring import random_legal_paths
 
     pool = sorted(random_legal_paths(40 * count, flops_limit, seed), key=paper_flops)
     picks = [pool[round(i * (len(pool) - 1) / max(count - 1, 1))] for i in range(count)]
@@ -85,8 +85,8 @@ def supernet_scores(args, architectures, cache_path):
     import torch
 
     import tester
-    from hardware import compute_dtype, get_device
-    from scoring import evaluate_candidate, load_scoring_data, load_supernet
+    from spos.hardware import compute_dtype, get_device
+    from spos.scoring import evaluate_candidate, load_scoring_data, load_supernet
 
     trial_args = tester.parse_args(["--imagenet-dir", args.imagenet_dir, "--checkpoint", args.checkpoint,
                                     *shlex.split(args.tester_args)])
@@ -118,7 +118,7 @@ def supernet_scores(args, architectures, cache_path):
 
 def finished_accuracy(run_dir, epochs):
     """The last epoch's val top-1 of a finished stand-alone run, or None when it has not finished."""
-    from checkpoint import load_training_state
+    from spos.checkpoint import load_training_state
 
     path = os.path.join(run_dir, SCRATCH_STATE)
     if not os.path.exists(path):

@@ -23,11 +23,11 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from report import emit  # noqa: E402
 
 import demo  # noqa: E402
-from errors import run_main  # noqa: E402
 from network import ShuffleNetV2OneShot  # noqa: E402
-from report import emit  # noqa: E402
+from utils import run_main  # noqa: E402
 
 TRIAL_PARTS = ("start-up", "data", "checkpoint load", "evaluation before", "BN recalibration", "evaluation after",
                "total")

@@ -32,7 +32,7 @@ import subprocess  # noqa: E402
 
 from report import emit, markdown_table  # noqa: E402
 
-from errors import UserError, run_main  # noqa: E402
+from utils import UserError, run_main  # noqa: E402
 
 IMPLEMENTATIONS = ("yardstick", "project")
 # row name: (implementation, environment it runs in; None: with no OpenMP variables at all, a plain script's)
@@ -98,9 +98,9 @@ def measure(args):
         def step(images, labels, path):
             plain_train_step(model, optimizer, criterion, images, labels, path)
     else:
-        from hardware import prepare_model, set_cpu_threads
-        from loops import train_one_epoch
-        from optim import make_lr_scheduler, make_optimizer
+        from spos.hardware import prepare_model, set_cpu_threads
+        from spos.loops import train_one_epoch
+        from spos.optim import make_lr_scheduler, make_optimizer
 
         set_cpu_threads(torch.device("cpu"))
         model = prepare_model(supernet, torch.device("cpu"), True)

@@ -7,7 +7,7 @@ BN-recalibrated as the search scores it, at fixed step counts of supernet traini
 Variants (the README's table says what each does to the method):
   megvii              Megvii's recipe from random weights: uniform FLOPs-binned paths from the first step
   warm-start          supernet.py --warm-start-steps: a 3x3-shuffle template path, its function copied into the
-                      larger shuffle blocks and fitted into the Xception ones (warm_start.py), then paths
+                      larger shuffle blocks and fitted into the Xception ones (spos/warm_start.py), then paths
   warm-start-no-fit   the same without the Xception fit: Xception blocks start from random weights
   two-path            the template phase alternates the all-3x3-shuffle and all-Xception paths; then the copy
   zero-init           affine BN with weight 0 ending every main branch, all shuffle kernels zero-padded copies of
@@ -30,18 +30,17 @@ import random  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
+from report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
-import warm_start  # noqa: E402
 from dataloader import ImageFolderLoader, scoring_batches  # noqa: E402
-from errors import UserError, run_main  # noqa: E402
-from hardware import prepare_model, set_cpu_threads  # noqa: E402
-from logs import setup_logging  # noqa: E402
-from loops import train_one_epoch  # noqa: E402
 from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, paper_flops, random_architecture  # noqa: E402
-from optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
-from report import emit, markdown_table  # noqa: E402
-from scoring import evaluate_candidate, recalibrate_bn  # noqa: E402
+from spos import warm_start  # noqa: E402
+from spos.hardware import prepare_model, set_cpu_threads  # noqa: E402
+from spos.loops import train_one_epoch  # noqa: E402
+from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
+from spos.scoring import evaluate_candidate, recalibrate_bn  # noqa: E402
+from utils import UserError, run_main, setup_logging  # noqa: E402
 
 VARIANTS = ("megvii", "warm-start", "warm-start-no-fit", "two-path", "zero-init", "kaiming")
 
@@ -107,7 +106,7 @@ def score_paths(model, paths, recalibration, val, train_iters, copy_blocks):
     else:
         import copy
 
-        from loops import evaluate
+        from spos.loops import evaluate
 
         accuracies = []
         for path in paths:

@@ -22,7 +22,7 @@ UPSCALE = 4
 # 64) reached 88.0/87.7/79.3/86.7 % val top-1 with 0.8 against 85.3/86.0/74.3/77.0 % with 0.6.
 AUGMENTATION = {"min_crop_area": 0.8, "mirror": False, "color_jitter": 0.0}
 # The steps' defaults for these digits (options.parse_args_with_recipe; flags given on the command line win).
-# 32x32 input, batch 64 (Megvii's learning rate scaled to it); the supernet warm-starts (warm_start.py): from
+# 32x32 input, batch 64 (Megvii's learning rate scaled to it); the supernet warm-starts (spos/warm_start.py): from
 # random weights its random paths stay at chance for thousands of steps here. The trials score as the CPU
 # search config always did: 20 recalibration batches of 64, the whole val split in one batch. bench_ranking.py's
 # stand-alone runs: 10 epochs kept the architectures apart better than 20 (seed-to-seed tau 0.30 against -0.02:

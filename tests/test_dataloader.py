@@ -14,7 +14,7 @@ from PIL import Image
 
 import dataloader
 from dataloader import IMAGENET_MEAN, IMAGENET_STD, ImageFolderLoader, read_augmentation
-from errors import UserError
+from utils import UserError
 
 BACKENDS = ["dali", "torch"]
 NUM_TRAIN, NUM_VAL = 1497, 300
@@ -128,6 +128,20 @@ def test_train_drops_the_last_partial_batch_every_epoch(digits_dir, backend):
         assert len(batches) == NUM_TRAIN // 64
         assert all(len(labels) == 64 for labels in batches)
     assert not torch.equal(epochs[0][0], epochs[1][0])  # reshuffled
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pass_left_mid_epoch_does_not_shorten_the_next(digits_dir, backend, caplog):
+    """The warm start stops reading mid-epoch; the first epoch after it must still be a whole one (DALI's
+    iterator cannot reset mid-epoch: it warned and went on from where it was)."""
+    loader = make_loader(digits_dir, "train", backend)
+    left = iter(loader)
+    for _ in range(3):
+        next(left)
+    with caplog.at_level(logging.WARNING):
+        whole = [labels for _, labels in loader]
+    assert len(whole) == NUM_TRAIN // 64 and all(len(labels) == 64 for labels in whole)
+    assert "resetting" not in caplog.text
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from checkpoint import KILL_POINT_VARIABLE, load_training_state
+from spos.checkpoint import KILL_POINT_VARIABLE, load_training_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -18,11 +18,11 @@ RANK_SCRIPT = textwrap.dedent("""
     import json, os, random, sys
     import torch
     sys.path.insert(0, {repo!r})
-    import distributed
+    from spos import distributed
     from dataloader import ImageFolderLoader
     from network import FlopsBinnedSampler, ShuffleNetV2OneShot
-    from hardware import get_device
-    from optim import make_optimizer
+    from spos.hardware import get_device
+    from spos.optim import make_optimizer
 
     context = distributed.init(get_device("cpu"))
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ RANK_SCRIPT = textwrap.dedent("""
 
 
 def run_torchrun(args, tmp_path, timeout=300, kill_point=None):
-    """torchrun ``args`` from ``tmp_path``; with ``kill_point``, rank 0 SIGKILLs itself there (checkpoint.py's
+    """torchrun ``args`` from ``tmp_path``; with ``kill_point``, rank 0 SIGKILLs itself there (spos/checkpoint.py's
     test-only hook) and torchrun stops the other rank and fails."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **({KILL_POINT_VARIABLE: kill_point} if kill_point else {}))
     result = subprocess.run(TORCHRUN + args, cwd=str(tmp_path), env=env, capture_output=True, text=True,

@@ -1,9 +1,9 @@
-"""loops.py: the training loop's statistics, which it keeps on the device between log lines."""
+"""spos/loops.py: the training loop's statistics, which it keeps on the device between log lines."""
 import torch
 from torch import nn
 
-from loops import train_one_epoch
-from metrics import accuracy
+from spos.loops import train_one_epoch
+from utils import accuracy
 
 
 def test_train_one_epoch_reports_the_image_weighted_means_of_its_steps():

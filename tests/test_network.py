@@ -8,15 +8,9 @@ import torch
 from torch import nn
 
 import network
-from errors import UserError
-from network import (
-    FlopsBinnedSampler,
-    ShuffleNetV2OneShot,
-    layer_specs,
-    load_and_parse_state_dict,
-    load_weights,
-    random_architecture,
-)
+from network import (FlopsBinnedSampler, ShuffleNetV2OneShot, layer_specs, load_and_parse_state_dict, load_weights,
+                     random_architecture)
+from utils import UserError
 
 FINAL_ARCHITECTURE = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

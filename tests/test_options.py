@@ -1,16 +1,16 @@
-"""options.py: a dataset's recipe.json gives the defaults of the flags the command line leaves out; defaults that
+"""spos/options.py: a dataset's recipe.json gives the defaults of the flags the command line leaves out; defaults that
 name a file the project ships are the working folder's own copy first, else the project's."""
 import argparse
 import json
 import os
 
 import pytest
+from conftest import REPO
 
 import scratch
 import tester
-from conftest import REPO
-from errors import UserError
-from options import add_data_arguments, add_optimisation_arguments, parse_args_with_recipe
+from spos.options import add_data_arguments, add_optimisation_arguments, parse_args_with_recipe
+from utils import UserError
 
 
 def parser():

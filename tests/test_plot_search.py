@@ -3,11 +3,11 @@ far the search got from search_state.json (never from the table's rows), and wri
 import os
 
 import pytest
+from test_tuner import FakeNNI, make_tuner
 
 import plot_search
-from errors import UserError
-from search_state import EXPORT_DIR, STATE_FILE, read_table
-from test_tuner import FakeNNI, make_tuner
+from spos.search_state import EXPORT_DIR, STATE_FILE, read_table
+from utils import UserError
 
 FOUR_ROUNDS_OF_TEN = dict(max_epochs=4, num_population=10, num_select=3, num_mutation=4, num_crossover=4)
 
@@ -15,7 +15,7 @@ FOUR_ROUNDS_OF_TEN = dict(max_epochs=4, num_population=10, num_select=3, num_mut
 def test_the_plot_says_how_far_the_search_got(tmp_path):
     tuner = make_tuner(tmp_path / "log", **FOUR_ROUNDS_OF_TEN)  # as under ~/nni-experiments/<id>/log
     nni_ = FakeNNI(tuner)
-    nni_.run(concurrency=2, until=lambda n: tuner.rounds_done == 2)
+    nni_.run(concurrency=2, until=lambda n: tuner.evolution.rounds_done == 2)
     table_path = plot_search.find_table(str(tmp_path))
     assert table_path == os.path.join(tmp_path, "log", EXPORT_DIR, "candidates.csv")
     table, state = read_table(table_path), plot_search.find_state(table_path)
@@ -25,7 +25,7 @@ def test_the_plot_says_how_far_the_search_got(tmp_path):
     while nni_.running:  # the rest of the search
         nni_.finish_one()
         nni_.request(1)
-    assert tuner.finished
+    assert tuner.evolution.finished
     output = plot_search.main([str(tmp_path / "log"), "-o", str(tmp_path / "search.png")])
     with open(output, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

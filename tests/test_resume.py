@@ -17,9 +17,9 @@ import time
 
 import pytest
 import torch
-
-from checkpoint import KILL_POINT_VARIABLE, load_training_state
 from conftest import REPO
+
+from spos.checkpoint import KILL_POINT_VARIABLE, load_training_state
 
 EPOCHS, STEPS = 3, 6  # small_digits: 400 train images in batches of 64
 RANDOM_KILLS = 5
@@ -40,7 +40,7 @@ def step_line(epoch, step):
 
 def launch(command, output, kill_point=None, kill_at_line=None, kill_delay=0.0, timeout=240):
     """Run ``command`` (its output into the file ``output``) until it ends: by itself, by SIGKILLing itself at
-    ``kill_point`` (the test-only hook of checkpoint.py), or by our SIGKILL ``kill_delay`` seconds after it
+    ``kill_point`` (the test-only hook of spos/checkpoint.py), or by our SIGKILL ``kill_delay`` seconds after it
     printed ``kill_at_line``. Returns its exit status and output."""
     env = {k: v for k, v in os.environ.items() if k != KILL_POINT_VARIABLE}
     if kill_point:

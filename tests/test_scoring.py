@@ -1,4 +1,4 @@
-"""scoring.py: the checkpoint a folder means, BN recalibration, and a candidate scored on a copy of its path as
+"""spos/scoring.py: the checkpoint a folder means, BN recalibration, and a candidate scored on a copy of its path as
 NNI's tester scores it on the supernet."""
 import copy
 
@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import network
-import scoring
-from errors import UserError
-from hardware import prepare_model
+from spos import scoring
+from spos.hardware import prepare_model
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)

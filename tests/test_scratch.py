@@ -10,12 +10,12 @@ import time
 
 import pytest
 import torch
-
-from architecture import load_architecture
-from checkpoint import load_training_state
 from conftest import REPO
-from errors import UserError
+
 from network import ShuffleNetV2OneShot, load_and_parse_state_dict
+from spos.architecture import load_architecture
+from spos.checkpoint import load_training_state
+from utils import UserError
 
 SCRATCH = os.path.join(REPO, "scratch.py")
 FINAL = os.path.join(REPO, "architecture_final.json")

@@ -1,4 +1,4 @@
-"""search.py: the in-process evolution search (tester.py --evolution) writes the nnictl search's exports, gives
+"""spos/search.py: the in-process evolution search (tester.py --evolution) writes the nnictl search's exports, gives
 the same table for any number of workers, scores as a trial does, and fails in one clear line."""
 import csv
 import json
@@ -8,13 +8,14 @@ import sys
 
 import pytest
 import torch
-
-import search
-import tester
-import tuner
-from architecture import load_architecture
 from conftest import REPO, digits_args, venv_env
-from errors import UserError
+
+import tester
+
+from spos import search
+from spos.architecture import load_architecture
+from spos.search_state import TABLE_COLUMNS
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # one thread per process, as the CPU search config runs its trials
@@ -37,7 +38,7 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
     exports = out / "checkpoints"
     with open(exports / "candidates.csv") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == tuner.TABLE_COLUMNS
+    assert tuple(rows[0]) == TABLE_COLUMNS
     assert [r["round"] for r in rows] == ["1"] * 4 + ["2"] * 4
     assert all(r["status"] == "succeeded" and r["trial_job_id"] == "in-process" for r in rows)
     assert len({r["choices"] for r in rows}) == 8 and all(float(r["flops"]) <= 330e6 for r in rows)

@@ -21,13 +21,13 @@ import urllib.request
 import pytest
 import torch
 import yaml
+from conftest import REPO, venv_env
 from nni.experiment.config import ExperimentConfig
 
 import network
-from architecture import load_architecture
-from conftest import REPO, venv_env
-from search_space import write_search_space
-from search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, read_state
+from spos.architecture import load_architecture
+from spos.search_space import write_search_space
+from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, read_state
 from tuner import EvolutionWithFlops
 
 SEARCH_TIMEOUT_S = 420
@@ -63,7 +63,7 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
         return
     assert config["tuner"]["className"] == "tuner.EvolutionWithFlops"
     tuner = EvolutionWithFlops(**args)  # the class arguments are ones the tuner takes
-    assert tuner.flops_limit == 330e6
+    assert tuner.evolution.flops_limit == 330e6
     assert "maxTrialNumber" not in config  # the tuner ends the search; a resumed one may need a few more trials
     if name == "config_search.yml":
         assert config["trialCommand"] == "python tester.py --spos-preprocessing"

@@ -1,11 +1,12 @@
-"""search_space.py: the search space `nnictl ss_gen` writes, without importing torch."""
+"""spos/search_space.py: the search space `nnictl ss_gen` writes, without importing torch."""
 import json
 import subprocess
 import time
 
-import network
-import search_space
 from conftest import REPO, venv_env
+
+import network
+from spos import search_space
 
 # one thread per process, as the CPU search config runs its trials
 TRIAL_ENV = venv_env(OMP_NUM_THREADS="1")

@@ -9,15 +9,15 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 import supernet
-from conftest import REPO
 from dataloader import ImageFolderLoader
-from errors import UserError
-from loops import train_one_epoch
 from network import ShuffleNetV2OneShot, load_weights
-from optim import make_lr_scheduler, make_optimizer
+from spos.loops import train_one_epoch
+from spos.optim import make_lr_scheduler, make_optimizer
+from utils import UserError
 
 NO_TABLE = "/nonexistent/op_flops_dict.pkl"
 
@@ -66,7 +66,7 @@ def test_the_warm_start_runs_once_and_the_weights_carry_the_network_options(smal
     """--warm-start-steps: the template path, the fit, a state after no epoch (killed right after it, the run
     resumes without warming up again), then path sampling; the weights record the options tester.py rebuilds
     the supernet with."""
-    from scoring import input_size_of
+    from spos.scoring import input_size_of
 
     output_dir = tmp_path / "run"
     args = run_args(small_digits, output_dir, 1, "--warm-start-steps", "12", "--warm-start-fit-steps", "3")

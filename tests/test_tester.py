@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, digits_args, venv_env
 
 import tester
-from architecture import write_architecture
-from conftest import REPO, digits_args, venv_env
-from errors import UserError
+from spos.architecture import write_architecture
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # one thread per process, as the CPU search config runs its trials

@@ -4,10 +4,9 @@ import time
 
 import torch
 
-from distributed import sum_over_processes
-from hardware import autocast
-from logs import logger
-from metrics import AverageMeter, accuracy, correct_counts
+from spos.distributed import sum_over_processes
+from spos.hardware import autocast
+from utils import AverageMeter, accuracy, correct_counts, logger
 
 
 def _progress(iterable, total, description, log_frequency):

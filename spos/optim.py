@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from errors import UserError
+from utils import UserError
 
 
 def scaled_learning_rate(learning_rate, batch_size, reference_batch_size):

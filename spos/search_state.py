@@ -1,8 +1,12 @@
-"""The files the evolution search keeps next to its exports, and how to read them without importing nni or
-torch (demo.py, plot_search.py and the tests read them; tuner.py writes them).
+"""The files of an evolution search, written and read without importing nni or torch (the NNI tuner and the
+in-process search write them; demo.py, plot_search.py and the tests read them). In ``checkpoints/`` under
+the experiment's log folder, or the in-process search's ``--output-dir``:
 
   candidates.csv       one row per candidate whose outcome is final (scored or failed), in the order the
                        candidates were generated; rewritten atomically whenever an outcome becomes final
+  RRR_KKK.json         after round RRR, the K-th best candidate seen so far (the parents of the next round),
+                       in the format of architecture_final.json (scratch.py --fixed-arc takes it)
+  architecture_final.json   the best candidate seen so far
   search_state.json    where the search stands: rounds started and done, candidates generated, scored and
                        failed, each round's counts, the best so far, finished or not (and why it stopped if it
                        stopped early); plus what a resume needs: every candidate with its outcome and the
@@ -12,11 +16,17 @@ The search is over when search_state.json says ``"finished": true``; NNI's statu
 TUNER_NO_MORE_TRIAL between rounds too).
 """
 import csv
+import io
 import json
+import logging
 import os
 import tempfile
+import time
 
-from errors import UserError
+from spos.architecture import write_architecture
+from utils import UserError
+
+logger = logging.getLogger("spos.search_state")
 
 EXPORT_DIR = "checkpoints"
 TABLE_FILE = "candidates.csv"
@@ -25,6 +35,8 @@ BEST_FILE = "architecture_final.json"
 TABLE_COLUMNS = ("round", "parameter_id", "origin", "choices", "flops", "accuracy_before_recalibration",
                  "accuracy", "status", "trial_job_id")
 STATE_FORMAT = 1
+# a candidate's final outcome: it gets its row in candidates.csv (until then its status says what it waits for)
+OUTCOMES = ("succeeded", "failed", "bad result", "no result")
 # where a search's files are, relative to what a user may point at: the folder itself, NNI's experiment
 # folder (~/nni-experiments/<id>) or its log/ folder
 _PLACES = ("", EXPORT_DIR, os.path.join("log", EXPORT_DIR))
@@ -43,6 +55,76 @@ def write_atomically(path, text):
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def prepare_search_dir(checkpoint_dir, resume, why_no_state=""):
+    """The state to resume from (``resume``), or None for a new search. A new search in a folder holding an
+    earlier one moves that folder aside (``checkpoints-<time>``); a resume without a state is refused
+    (ValueError, with ``why_no_state`` appended)."""
+    state_path = os.path.join(checkpoint_dir, STATE_FILE)
+    if resume:
+        if os.path.exists(state_path):
+            return read_state(state_path)
+        raise ValueError(f"{checkpoint_dir}: no {STATE_FILE} there, so no search to resume{why_no_state}")
+    if any(os.path.exists(os.path.join(checkpoint_dir, name)) for name in (STATE_FILE, TABLE_FILE)):
+        moved = f"{checkpoint_dir}-{time.strftime('%Y%m%d-%H%M%S')}"
+        suffix = 1
+        while os.path.exists(moved):
+            suffix += 1
+            moved = f"{checkpoint_dir}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+        os.rename(checkpoint_dir, moved)
+        logger.warning("moved the results of an earlier search to %s", moved)
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    return None
+
+
+def save_search(checkpoint_dir, state):
+    """candidates.csv (the final outcomes of ``state["history"]``, in the order generated) and
+    search_state.json (``state``, with its format and the time), each atomically."""
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(TABLE_COLUMNS)
+    for record in state["history"]:
+        if record["status"] in OUTCOMES:
+            writer.writerow([record["round"], record["parameter_id"], record["origin"],
+                             " ".join(map(str, record["choices"])), record["flops"],
+                             _number(record["accuracy_before_recalibration"]), _number(record["accuracy"]),
+                             record["status"], record["trial_job_id"]])
+    write_atomically(os.path.join(checkpoint_dir, TABLE_FILE), table.getvalue())
+    state = {"format": STATE_FORMAT, **state, **summarize_state(state), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_atomically(os.path.join(checkpoint_dir, STATE_FILE), json.dumps(state, indent=1) + "\n")
+
+
+def summarize_state(state):
+    """What a reader wants at a glance, from a search's history: counts, each round's, the best so far."""
+    history = state["history"]
+    done = [r for r in history if r["status"] in OUTCOMES]
+    scored = [r for r in history if r["accuracy"] is not None]
+    rounds = []
+    for number in range(1, state["round"] + 1):
+        members = [r for r in history if r["round"] == number]
+        rounds.append({"round": number, "candidates": len(members),
+                       "scored": sum(r["accuracy"] is not None for r in members),
+                       "failed": sum(r["status"] in OUTCOMES and r["accuracy"] is None for r in members),
+                       "closed": number <= state["rounds_done"]})
+    best = None
+    if scored:  # the first generated among the most accurate, as the search ranks them
+        top = max(scored, key=lambda r: r["accuracy"])
+        best = {key: top[key] for key in ("choices", "accuracy", "flops", "round")}
+    return {"candidates": len(history), "candidates_done": len(done), "candidates_scored": len(scored),
+            "candidates_failed": len(done) - len(scored), "rounds": rounds, "best": best}
+
+
+def export_round(checkpoint_dir, number, parents):
+    """After round ``number``: its parents (best first) as RRR_KKK.json, the best as architecture_final.json."""
+    for rank, candidate in enumerate(parents):
+        write_architecture(os.path.join(checkpoint_dir, f"{number:03d}_{rank:03d}.json"), candidate)
+    write_architecture(os.path.join(checkpoint_dir, BEST_FILE), parents[0])
+    logger.info("exported the best %d after round %d to %s", len(parents), number, checkpoint_dir)
+
+
+def _number(value):
+    return "" if value is None else f"{value:.6f}"
 
 
 def find_search_dir(path):

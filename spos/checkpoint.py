@@ -12,8 +12,7 @@ import tempfile
 
 import torch
 
-from errors import UserError
-from logs import logger
+from utils import UserError, logger
 
 TEMP_PREFIX = ".tmp-"
 KILL_POINT_VARIABLE = "SPOS_TEST_KILL_POINT"

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from errors import UserError
+from utils import UserError
 
 
 def get_device(requested="auto"):

@@ -4,7 +4,7 @@ import json
 import os
 import tempfile
 
-from errors import UserError
+from utils import UserError
 
 
 def architecture_keys(num_layers=20):

@@ -1,8 +1,8 @@
-"""metrics.py: top-k counts and fractions."""
+"""utils.py: top-k counts and fractions."""
 import pytest
 import torch
 
-from metrics import accuracy, correct_counts
+from utils import accuracy, correct_counts
 
 
 def test_correct_counts_and_accuracy():

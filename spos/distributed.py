@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from errors import UserError
+from utils import UserError
 
 
 @dataclass

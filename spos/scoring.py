@@ -1,5 +1,5 @@
 """How a candidate path of the trained supernet is scored, the same way by an nnictl trial (tester.py), the
-in-process search (search.py) and the benchmarks: load the supernet, evaluate the path on val, recalibrate its
+in-process search (spos/search.py) and the benchmarks: load the supernet, evaluate the path on val, recalibrate its
 batch norm (reset every BN's running statistics, then training batches in train mode without gradients,
 averaged cumulatively), evaluate again. Each candidate is scored on a copy of its path
 (``network.path_network``) with BN folded into the convs, so the supernet is never modified.
@@ -13,12 +13,11 @@ import torch
 from torch import nn
 
 from dataloader import cycle_batches, scoring_batches, scoring_loaders
-from errors import UserError
-from hardware import autocast, prepare_model
-from logs import logger
-from loops import evaluate
-from network import (REFERENCE_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_state_dict_checked,
-                     paper_flops, path_network, random_architecture, read_checkpoint)
+from network import (REFERENCE_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_state_dict_checked, paper_flops,
+                     path_network, random_architecture, read_checkpoint)
+from spos.hardware import autocast, prepare_model
+from spos.loops import evaluate
+from utils import UserError, logger
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
 

@@ -4,9 +4,9 @@ import argparse
 import json
 import os
 
-from errors import UserError
+from utils import UserError
 
-PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder above spos/
 RECIPE_FILE = "recipe.json"
 # flags a recipe may not set: where things are, what to resume, and the dataset itself
 _NOT_IN_RECIPES = {"help", "imagenet_dir", "output_dir", "resume", "checkpoint", "load_checkpoint", "device",

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from blocks import ShuffleNetBlock
-from logs import logger
+from utils import logger
 
 # The 3x3 shuffle block: its function is one that the larger kernels hold exactly.
 TEMPLATE_CHOICE = 0

@@ -1,0 +1,1 @@
+"""The machinery behind the three steps, one module per job (the top-level scripts are what a user runs)."""

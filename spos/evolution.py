@@ -1,0 +1,268 @@
+"""Megvii's evolution search (Search/search.py of megvii-model/SinglePathOneShot) under a FLOPs limit, with
+no NNI: the candidates, their legality, mutation, crossover, selection and the random state. The NNI tuner
+(tuner.py) and the in-process search (spos/search.py) drive it the same way: take ``open_candidates()``,
+score them in any order, ``record`` each outcome, ``advance()``.
+
+Round 1 is ``num_population`` random candidates; every later round is ``num_mutation`` mutants (each gene
+resampled with probability ``m_prob``) and ``num_crossover`` crosses (each gene from one of two parents) of
+parents drawn from the best ``num_select`` candidates seen so far in all rounds, refilled with random
+candidates up to ``num_population``. A candidate is legal when it was never generated before and its FLOPs
+(224x224 input, 1,000 classes, as the paper's limit) are at most ``flops_limit``. A round closes when every
+one of its candidates has an outcome; the search finishes after ``max_epochs`` rounds.
+"""
+import json
+import logging
+import random
+
+from network import PAPER_INPUT_SIZE, paper_flops
+from spos.search_space import parse_search_space
+from spos.search_state import OUTCOMES
+
+logger = logging.getLogger("spos.evolution")
+
+
+def format_choices(candidate):
+    return " ".join(map(str, candidate))
+
+
+class Evolution:
+    """The search's candidates (``history``: every one ever generated, in order, with its record), the ones
+    with an accuracy best first (``ranking``), and the rounds. ``seed`` fixes the whole search: the same seed
+    and the same results give the same candidates. ``max_attempts``: random draws allowed per round before
+    giving up on filling it (default 100 per candidate), so a limit almost nothing meets ends the search with
+    a message instead of spinning."""
+
+    def __init__(self, max_epochs=20, num_population=50, num_select=10, num_mutation=25, num_crossover=25,
+                 m_prob=0.1, flops_limit=330e6, seed=42, max_attempts=None):
+        self.max_epochs = _positive_int("max_epochs", max_epochs)
+        self.num_population = _positive_int("num_population", num_population)
+        self.num_select = _positive_int("num_select", num_select)
+        self.num_mutation = _positive_int("num_mutation", num_mutation, allow_zero=True)
+        self.num_crossover = _positive_int("num_crossover", num_crossover, allow_zero=True)
+        if self.num_select > self.num_population:
+            raise ValueError(f"num_select ({num_select}) must not exceed num_population ({num_population})")
+        if self.num_mutation + self.num_crossover > self.num_population:
+            raise ValueError(f"num_mutation + num_crossover ({num_mutation} + {num_crossover}) must not exceed "
+                             f"num_population ({num_population})")
+        try:
+            self.m_prob = float(m_prob)
+            self.flops_limit = float(flops_limit)
+        except (TypeError, ValueError):
+            raise ValueError(f"m_prob and flops_limit must be numbers, got {m_prob!r} and {flops_limit!r}") from None
+        if not 0.0 <= self.m_prob <= 1.0:
+            raise ValueError(f"m_prob must be in [0, 1], got {m_prob}")
+        if not self.flops_limit > 0:
+            raise ValueError(f"flops_limit must be positive, got {flops_limit}")
+        self.seed = seed
+        self.max_attempts = (100 * self.num_population if max_attempts is None
+                             else _positive_int("max_attempts", max_attempts))
+        # what defines the search: a resume must find the same in search_state.json
+        self.settings = {"max_epochs": self.max_epochs, "num_population": self.num_population,
+                         "num_select": self.num_select, "num_mutation": self.num_mutation,
+                         "num_crossover": self.num_crossover, "m_prob": self.m_prob, "flops_limit": self.flops_limit,
+                         "seed": self.seed, "max_attempts": self.max_attempts}
+        self.rng = random.Random(seed)
+        self.choices = None  # allowed block indices per layer, from the search space
+        self.round = 0  # rounds started
+        self.rounds_done = 0
+        self.finished = False
+        self.error = None  # why the search stopped early, if it did
+        self.history = {}  # candidate -> record, in the order generated (no duplicates, ever)
+        self.ranking = []  # candidates with an accuracy, best first (ties: the earlier generated first)
+        self._flops = {}
+
+    def set_search_space(self, search_space):
+        """The blocks each layer may take, from ss_gen's space (spos/search_space.py; a ValueError if it is not)."""
+        self.choices = parse_search_space(search_space)
+
+    def describe(self):
+        return (f"SPOS evolution: {self.max_epochs} rounds of {self.num_population} candidates ({self.num_mutation} "
+                f"mutation, {self.num_crossover} crossover, the rest random; parents from the best {self.num_select} "
+                f"so far), m_prob {self.m_prob:g}, FLOPs <= {self.flops_limit / 1e6:.1f}M at {PAPER_INPUT_SIZE}x"
+                f"{PAPER_INPUT_SIZE}, seed {self.seed}")
+
+    # the rounds
+
+    def start(self):
+        """Round 1, or the end of the search when no candidate can meet the limit."""
+        smallest = self.min_flops()
+        if smallest > self.flops_limit:
+            self._finish(f"flops_limit {self.flops_limit:.4g} is below the smallest candidate of the search space "
+                         f"({smallest / 1e6:.1f}M FLOPs at {PAPER_INPUT_SIZE}x{PAPER_INPUT_SIZE}): no candidate is "
+                         f"legal, nothing to search; raise flops_limit", error=True)
+        else:
+            self._start_round()
+
+    def members(self, number):
+        return [c for c, r in self.history.items() if r["round"] == number]
+
+    def open_candidates(self):
+        """This round's candidates that have no outcome yet, in the order generated."""
+        return [] if self.finished else [c for c in self.members(self.round)
+                                         if self.history[c]["status"] not in OUTCOMES]
+
+    def record(self, candidate, status, accuracy=None, before=None, **details):
+        """The outcome of ``candidate`` (one of OUTCOMES; an accuracy only when it succeeded); ``details``
+        (trial ids, delays) are kept in its record."""
+        self.history[candidate].update(status=status, accuracy=accuracy, accuracy_before_recalibration=before,
+                                       **details)
+        if accuracy is not None:
+            self.ranking.append(candidate)
+            self.ranking.sort(key=self._rank_key)
+
+    def advance(self):
+        """Close the current round when all its candidates have an outcome, and start the next. Returns the
+        closed round's number and its parents (the best ``num_select`` so far, best first), or None."""
+        if self.finished or not self.round or self.open_candidates():
+            return None
+        number, members = self.round, self.members(self.round)
+        scored = [self.history[c]["accuracy"] for c in members if self.history[c]["accuracy"] is not None]
+        self.rounds_done = number
+        if not scored:
+            self._finish(f"all {len(members)} trials of round {number} failed: see the trials' logs (trials/<id>/ "
+                         f"next to this log folder); stopping the search", error=True)
+            return None
+        parents = self.parents()
+        best = self.history[parents[0]]
+        logger.info("round %d/%d done: %d of %d candidates scored, best %.4f, mean %.4f | best so far %.4f (%.1fM "
+                    "FLOPs, round %d): %s", number, self.max_epochs, len(scored), len(members), max(scored),
+                    sum(scored) / len(scored), best["accuracy"], best["flops"] / 1e6, best["round"],
+                    format_choices(parents[0]))
+        if number >= self.max_epochs:
+            self._finish(f"search finished after {number} rounds, {len(self.history)} candidates: best accuracy "
+                         f"{best['accuracy']:.4f} at {best['flops'] / 1e6:.1f}M FLOPs")
+        else:
+            self._start_round()
+        return number, parents
+
+    def _start_round(self):
+        self.round += 1
+        population = self.next_population()
+        if not population:
+            self._finish(f"round {self.round}: no legal candidate left to evaluate (flops_limit {self.flops_limit:.4g}"
+                         f", {len(self.history)} candidates seen)", error=True)
+            return
+        origins = [self.history[c]["origin"] for c in population]
+        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)", self.round, self.max_epochs,
+                    len(population), origins.count("mutation"), origins.count("crossover"), origins.count("random"))
+
+    def _finish(self, message, error=False):
+        self.finished = True
+        self.error = message if error else None
+        (logger.error if error else logger.info)("%s", message)
+
+    # Megvii's operators
+
+    def flops(self, candidate):
+        if candidate not in self._flops:
+            self._flops[candidate] = paper_flops(candidate)
+        return self._flops[candidate]
+
+    def min_flops(self):
+        """FLOPs of the cheapest candidate the search space allows (layers add up independently)."""
+        base = tuple(c[0] for c in self.choices)
+        total = self.flops(base)
+        for i, allowed in enumerate(self.choices):
+            costs = [self.flops(base[:i] + (c,) + base[i + 1:]) for c in allowed]
+            total += min(costs) - costs[0]
+        return total
+
+    def is_legal(self, candidate):
+        return candidate not in self.history and self.flops(candidate) <= self.flops_limit
+
+    def random_candidate(self):
+        return tuple(self.rng.choice(allowed) for allowed in self.choices)
+
+    def mutate(self, parent):
+        return tuple(self.rng.choice(allowed) if self.rng.random() < self.m_prob else gene
+                     for gene, allowed in zip(parent, self.choices))
+
+    def crossover(self, first, second):
+        return tuple(a if self.rng.random() < 0.5 else b for a, b in zip(first, second))
+
+    def parents(self):
+        return self.ranking[:self.num_select]
+
+    def next_population(self):
+        """This round's candidates (each recorded in ``history``): mutation and crossover of the parents (10
+        tries per wanted candidate, as Megvii), then random ones up to ``num_population`` (``max_attempts``)."""
+        population = []
+
+        def fill(count, attempts, make, origin):
+            found = 0
+            for _ in range(attempts):
+                if found >= count:
+                    break
+                candidate = make()
+                if self.is_legal(candidate):
+                    self.history[candidate] = {"round": self.round, "origin": origin, "flops": self.flops(candidate),
+                                               "order": len(self.history), "status": "queued", "accuracy": None,
+                                               "accuracy_before_recalibration": None, "parameter_id": None,
+                                               "trial_job_id": "", "result_delay_s": None}
+                    population.append(candidate)
+                    found += 1
+            return found
+
+        parents = self.parents()
+        if parents:
+            fill(self.num_mutation, 10 * self.num_mutation, lambda: self.mutate(self.rng.choice(parents)), "mutation")
+            fill(self.num_crossover, 10 * self.num_crossover,
+                 lambda: self.crossover(self.rng.choice(parents), self.rng.choice(parents)), "crossover")
+        elif self.round > 1:
+            logger.warning("round %d: no candidate has an accuracy yet, so no parents: all random", self.round)
+        wanted = self.num_population - len(population)
+        found = fill(wanted, self.max_attempts, self.random_candidate, "random")
+        if found < wanted:
+            logger.warning("round %d: found only %d of %d random candidates in %d draws: flops_limit %.4g leaves "
+                           "few legal candidates", self.round, found, wanted, self.max_attempts, self.flops_limit)
+        return population
+
+    def _rank_key(self, candidate):
+        return -self.history[candidate]["accuracy"], self.history[candidate]["order"]
+
+    # what a resume needs
+
+    def state(self):
+        """The search as plain data: settings, search space, rounds, every candidate with its record (in the
+        order generated), the random state (search_state.json adds its summaries)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"settings": self.settings, "search_space": [list(c) for c in self.choices],
+                "finished": self.finished, "error": self.error, "round": self.round, "rounds_done": self.rounds_done,
+                "random_state": [version, list(internal), gauss],
+                "history": [{"choices": list(c), **{k: v for k, v in r.items() if k != "order"}}
+                            for c, r in self.history.items()]}
+
+    def restore(self, state, source):
+        """Continue the search of ``state`` (what ``state()`` gave; ``source`` names its file in errors): the
+        same settings and search space are required. The current round's candidates without an outcome are
+        queued again; returns how many."""
+        settings, saved = json.loads(json.dumps(self.settings)), state.get("settings") or {}
+        changed = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in settings.items()
+                   if saved.get(key) != value]
+        if changed:
+            raise ValueError(f"{source}: that search has other settings ({'; '.join(changed)}): resume it "
+                             f"with its own, or start a new search in another folder")
+        if state.get("search_space") != [list(c) for c in self.choices]:
+            raise ValueError(f"{source}: that search has another search space than the one NNI gave")
+        try:
+            for order, entry in enumerate(state["history"]):
+                candidate = tuple(entry["choices"])
+                self.history[candidate] = {**{k: v for k, v in entry.items() if k != "choices"}, "order": order}
+                self._flops[candidate] = entry["flops"]
+            self.round, self.rounds_done = state["round"], state["rounds_done"]
+            self.finished, self.error = state["finished"], state["error"]
+            version, internal, gauss = state["random_state"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: not a complete search state ({type(e).__name__}: {e})") from None
+        self.ranking = sorted((c for c, r in self.history.items() if r["accuracy"] is not None), key=self._rank_key)
+        unfinished = [c for c in self.members(self.round) if self.history[c]["status"] not in OUTCOMES]
+        for candidate in unfinished:  # handed out before the stop or not: they all wait for an outcome
+            self.history[candidate].update(status="queued", parameter_id=None)
+        return len(unfinished)
+
+
+def _positive_int(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be a{' non-negative' if allow_zero else ' positive'} integer, got {value!r}")
+    return value

@@ -1,0 +1,197 @@
+"""spos/evolution.py, driven as both the NNI tuner and the in-process search drive it and with no NNI: legality,
+no duplicates, elitism across rounds, the FLOPs limit, reproducibility, the end of the search, a state that
+continues the same search, and bad arguments refused."""
+import json
+import logging
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+
+from network import paper_flops
+from spos.evolution import Evolution
+from spos.search_space import search_space
+
+SMALL = dict(max_epochs=3, num_population=8, num_select=3, num_mutation=3, num_crossover=3)
+
+
+def score(candidate):
+    """A deterministic accuracy in [0, 1] that favours block 3 early on (so evolution has something to find)."""
+    return (sum(c == 3 for c in candidate[:8]) + 0.1 * sum(candidate[8:]) / 3) / 10
+
+
+def make_evolution(space=None, **kwargs):
+    evolution = Evolution(**{**SMALL, **kwargs})
+    evolution.set_search_space(space or search_space())
+    evolution.start()
+    return evolution
+
+
+def run(evolution, accuracy=score, fail=(), seed=0, stop_after=None):
+    """Score every open candidate in a random order (as trials finish), record, advance, until the search is
+    over (or ``stop_after`` outcomes). Returns the candidates in the order scored and the closed rounds."""
+    rng, scored, closed = random.Random(seed), [], []
+    while not evolution.finished:
+        candidates = evolution.open_candidates()
+        rng.shuffle(candidates)
+        for candidate in candidates:
+            if stop_after is not None and len(scored) == stop_after:
+                return scored, closed
+            if candidate in fail:
+                evolution.record(candidate, "failed")
+            else:
+                evolution.record(candidate, "succeeded", accuracy(candidate), accuracy(candidate) / 2)
+            scored.append(candidate)
+        result = evolution.advance()
+        if result is not None:
+            closed.append(result)
+    return scored, closed
+
+
+def test_rounds_are_megvii_s_mutation_crossover_and_random_refill():
+    evolution = make_evolution()
+    scored, closed = run(evolution)
+    assert evolution.finished and evolution.error is None and evolution.round == evolution.rounds_done == 3
+    assert len(scored) == 24 and [number for number, _ in closed] == [1, 2, 3]
+    origins = [evolution.history[c]["origin"] for c in evolution.members(2)]
+    assert origins.count("mutation") == 3 and origins.count("crossover") == 3 and origins.count("random") == 2
+    for number, parents in closed:  # the best num_select seen so far, best first
+        seen = [c for c in evolution.history if evolution.history[c]["round"] <= number]
+        assert parents == sorted(seen, key=lambda c: (-score(c), evolution.history[c]["order"]))[:3]
+
+
+def test_candidates_are_legal_and_never_repeat():
+    evolution = make_evolution(max_epochs=4, flops_limit=300e6, m_prob=0.05)
+    scored, _ = run(evolution)
+    assert len(scored) == len(set(scored)) == 4 * 8
+    assert max(paper_flops(c) for c in scored) <= 300e6
+
+
+def test_parents_are_the_best_seen_in_all_rounds():
+    """Round 1 scores high, later rounds low: the parents of round 3 must still be round 1's best (NNI's
+    example wrongly took the current round's)."""
+    evolution = make_evolution(max_epochs=3, m_prob=0.05)
+    first_round = set()
+
+    def accuracy(candidate):
+        if evolution.history[candidate]["round"] == 1:
+            first_round.add(candidate)
+            return 0.5 + score(candidate) / 10
+        return score(candidate) / 10
+
+    run(evolution, accuracy)
+    elite = sorted(first_round, key=lambda c: -accuracy(c))[:3]
+    assert evolution.parents() == elite
+    for child in evolution.members(3):
+        origin = evolution.history[child]["origin"]
+        if origin == "crossover":  # every gene from one of two elite parents
+            assert any(all(g in (a, b) for g, a, b in zip(child, p, q)) for p in elite for q in elite)
+        elif origin == "mutation":  # a few genes away from an elite parent
+            assert min(sum(g != a for g, a in zip(child, p)) for p in elite) <= 8
+
+
+def test_failed_candidates_have_no_accuracy_and_are_never_parents():
+    first = make_evolution().open_candidates()
+    evolution = make_evolution()
+    run(evolution, fail=set(first[:3]))
+    assert [evolution.history[c]["status"] for c in first[:3]] == ["failed"] * 3
+    assert all(evolution.history[c]["accuracy"] is not None for c in evolution.parents())
+
+
+def test_a_round_where_every_candidate_failed_stops_the_search(caplog):
+    evolution = make_evolution()
+    with caplog.at_level(logging.ERROR, logger="spos.evolution"):
+        scored, _ = run(evolution, fail=set(evolution.open_candidates()))
+    assert evolution.finished and evolution.round == 1 and len(scored) == 8
+    assert "all 8 trials of round 1 failed" in evolution.error and "all 8 trials" in caplog.text
+
+
+def test_the_same_seed_gives_the_same_search():
+    runs = []
+    for seed in (7, 7, 8):
+        evolution = make_evolution(seed=seed)
+        run(evolution, seed=seed * 13)  # results arrive in a different order each run
+        runs.append(list(evolution.history))
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_a_state_continues_the_same_search():
+    """Stopped mid-round 2 and rebuilt from its state() (through JSON, as search_state.json holds it): the
+    open candidates are the ones left, and the rest of the search is the one never stopped."""
+    reference = make_evolution(max_epochs=4)
+    run(reference)
+    stopped = make_evolution(max_epochs=4)
+    run(stopped, stop_after=11)
+    resumed = Evolution(**{**SMALL, "max_epochs": 4})
+    resumed.set_search_space(search_space())
+    assert resumed.restore(json.loads(json.dumps(stopped.state())), "state.json") == 5
+    assert resumed.open_candidates() == stopped.open_candidates()
+    run(resumed)
+    assert list(resumed.history) == list(reference.history)
+    assert [resumed.history[c]["accuracy"] for c in resumed.history] == \
+        [reference.history[c]["accuracy"] for c in reference.history]
+    other = Evolution(**{**SMALL, "max_epochs": 4, "seed": 1})
+    other.set_search_space(search_space())
+    with pytest.raises(ValueError, match="state.json: that search has other settings \\(seed 42 there, 1 now\\)"):
+        other.restore(stopped.state(), "state.json")
+
+
+def test_an_impossible_limit_is_reported_instead_of_searched(caplog):
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="spos.evolution"):
+        evolution = make_evolution(flops_limit=1)
+    assert time.monotonic() - started < 30
+    assert evolution.finished and evolution.open_candidates() == []
+    assert "flops_limit 1 is below the smallest candidate" in caplog.text
+
+
+def test_a_limit_few_candidates_meet_gives_up_after_bounded_draws(caplog):
+    limit = make_evolution().min_flops() + 2e6  # legal, but almost no random candidate is under it
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="spos.evolution"):
+        evolution = make_evolution(flops_limit=limit, max_attempts=300)
+        run(evolution)
+    assert time.monotonic() - started < 60
+    assert evolution.finished
+    assert "found only" in caplog.text or "no legal candidate" in caplog.text
+    assert all(r["flops"] <= limit for r in evolution.history.values())
+
+
+def test_a_narrowed_search_space_is_respected():
+    space = search_space()
+    space["LayerChoice1"]["_value"] = ["3"]
+    space["LayerChoice20"]["_value"] = ["0", "2"]
+    scored, _ = run(make_evolution(space))
+    assert all(c[0] == 3 and c[19] in (0, 2) for c in scored)
+
+
+def test_bad_arguments_and_search_spaces_are_refused():
+    with pytest.raises(ValueError, match="num_select"):
+        Evolution(num_population=5, num_select=6, num_mutation=1, num_crossover=1)
+    with pytest.raises(ValueError, match="num_mutation"):
+        Evolution(num_population=10, num_mutation=6, num_crossover=6, num_select=2)
+    with pytest.raises(ValueError, match="m_prob"):
+        Evolution(m_prob=2)
+    with pytest.raises(ValueError, match="flops_limit"):
+        Evolution(flops_limit="lots")
+    with pytest.raises(ValueError, match="max_epochs must be a positive integer"):
+        Evolution(max_epochs=0)
+    assert Evolution(flops_limit="330e6").flops_limit == 330e6  # YAML reads 330e6 as text
+    evolution = Evolution()
+    with pytest.raises(ValueError, match="LayerChoice1..LayerChoice20"):
+        evolution.set_search_space({"LayerChoice1": {"_type": "layer_choice", "_value": ["0"]}})
+    space = search_space()
+    space["LayerChoice4"]["_value"] = ["0", "7"]
+    with pytest.raises(ValueError, match="LayerChoice4"):
+        evolution.set_search_space(space)
+
+
+def test_the_evolution_imports_no_nni():
+    done = subprocess.run([sys.executable, "-c", "import sys, spos.evolution; print('nni' in sys.modules)"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
