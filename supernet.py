@@ -109,7 +109,6 @@ def train(args, context):
     # now, before a resume restores that generator, so that a resumed run draws the dropout masks (and so
     # trains the weights) an uninterrupted run does
     model.get_candidate_flops((0,) * NUM_LAYERS)
-    trained_model = distributed.wrap(model, context, supernet=True)
 
     start_epoch, state = 0, None
     state_path = os.path.join(args.output_dir, STATE_FILE)
@@ -122,7 +121,6 @@ def train(args, context):
                                 expect=identity, repair=context.is_main, paths=path_rng)
         if state:
             start_epoch = state["epoch"]
-            train_loader.set_epoch(start_epoch)
     # only now: a refused resume leaves the run it was pointed at as it was
     if context.is_main:
         save_args(args, args.output_dir)
@@ -132,6 +130,14 @@ def train(args, context):
             save_training_state(state_path, 0, model, optimizer, scheduler, extra=extra, paths=path_rng)
             kill_point_for_tests("after-warm-start")
         distributed.barrier(context)
+    # wrapped only now: DDP's gradient hooks would fire in the warm start's backward passes (which train the
+    # bare model, each process on its own) and leave its reducer counting blocks used that the first
+    # sampled path does not use ("gradient which is undefined, but still allreduced")
+    trained_model = distributed.wrap(model, context, supernet=True)
+    distributed.check_same_parameters(model, context, "before path sampling")
+    # the shuffle of the first epoch to train, whatever passes the warm start made over the data, so that a run
+    # resumed after the warm start trains on the batches the uninterrupted one does
+    train_loader.set_epoch(start_epoch)
 
     history = []
     for epoch in range(start_epoch, args.epochs):
@@ -141,6 +147,7 @@ def train(args, context):
         # the same random paths every epoch, so validation numbers compare across epochs (drawn by every process
         # alike without talking: shards may differ by a batch); BN statistics are the supernet's running ones,
         # mixed over all paths: `tester.py --random-paths` scores paths recalibrated, as the search does
+        distributed.check_same_parameters(model, context, f"after epoch {epoch + 1}")
         val_stats = evaluate(model, val_loader, criterion,
                              sample_architecture=FlopsBinnedSampler(model, random.Random(args.seed)),
                              autocast_dtype=autocast_dtype)

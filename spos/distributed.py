@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils import UserError
+from utils import UserError, logger
 
 
 @dataclass
@@ -112,6 +112,26 @@ def broadcast_weights(model, context):
         return
     for tensor in list(model.parameters()) + list(model.buffers()):
         dist.broadcast(tensor.data, src=0)
+
+
+def check_same_parameters(model, context, when):
+    """Every process must hold the same parameters (each applies the same update, from all-reduced gradients,
+    to the same weights): compare a checksum of each process's with every other's, and stop with a clear error
+    if they differ rather than train diverged copies on."""
+    if not context.enabled:
+        return
+    with torch.no_grad():
+        params = [p.detach().double() for p in model.parameters()]
+        checksum = torch.stack([sum(p.sum() for p in params), sum(p.square().sum() for p in params)])
+    checksum = checksum.to(_comm_device(context))
+    lowest, highest = checksum.clone(), checksum.clone()
+    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+    dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+    if not torch.equal(lowest, highest):
+        raise RuntimeError(f"{when}: the {context.world_size} processes hold different weights (checksums "
+                           f"{lowest.tolist()} to {highest.tolist()})")
+    if context.is_main:
+        logger.info("%s: the %d processes hold the same weights", when, context.world_size)
 
 
 def barrier(context):

@@ -2,6 +2,8 @@
 another folder, and the DDP invariants."""
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -128,6 +130,36 @@ def test_supernet_under_torchrun_resumes_from_a_kill_between_the_checkpoint_writ
         "epoch_1.pth.tar", "epoch_2.pth.tar", "training_state.pth.tar"]
 
 
+def test_supernet_under_torchrun_with_the_digits_recipe_warm_starts_trains_and_resumes_past_it(small_digits,
+                                                                                             digits_dir, tmp_path):
+    """The digits' recipe (its warm start shortened) under DDP: the warm start, then path sampling with both
+    ranks on the same weights; killed right after the warm start and relaunched, the run resumes past it (no
+    second warm start) and ends on the weights of the run never killed."""
+    data = tmp_path / "digits"
+    shutil.copytree(small_digits, data)
+    shutil.copy(os.path.join(digits_dir, "recipe.json"), data)
+
+    def command(out):
+        return [os.path.join(REPO, "supernet.py"), "--imagenet-dir", str(data), "--epochs", "2", "--warm-start-steps",
+                "20", "--warm-start-fit-steps", "10", "--loader", "torch", "--output-dir", str(tmp_path / out),
+                "--resume"]
+
+    log = run_torchrun(command("whole"), tmp_path)
+    assert f"defaults from {data / 'recipe.json'}" in log and "2 process(es)" in log
+    assert "warm start done" in log and "before path sampling: the 2 processes hold the same weights" in log
+    assert log.count("Epoch [1/2] done") == 1 and log.count("Epoch [2/2] done") == 1
+    assert "after epoch 2: the 2 processes hold the same weights" in log
+
+    log = run_torchrun(command("killed"), tmp_path, kill_point="after-warm-start")
+    assert "warm start done" in log and "Epoch [1/2]" not in log
+    log = run_torchrun(command("killed"), tmp_path)
+    assert "0 of 2 epochs done" in log and "warm start" not in log
+    assert "after epoch 2: the 2 processes hold the same weights" in log and log.count("Epoch [2/2] done") == 1
+    whole, resumed = (torch.load(tmp_path / run / "epoch_2.pth.tar", weights_only=True)["state_dict"]
+                      for run in ("whole", "killed"))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_scratch_under_torchrun_from_another_folder_resumes_after_all_processes_are_killed(small_digits, tmp_path):
     """No --fixed-arc and no architecture_final.json in the working folder: the project's own is used."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -151,3 +183,59 @@ def test_scratch_under_torchrun_from_another_folder_resumes_after_all_processes_
     # the killed launch's steps of epoch 2 hidden by the resumed one's purge_step: each step once
     assert [e.step for e in events.Scalars("loss/train")] == list(range(2 * 6))
     assert [e.step for e in events.Scalars("acc1/test")] == [0, 1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_supernet_on_two_torchrun_agents_resumes_after_one_agent_is_killed(small_digits, tmp_path):
+    """Two machines as torchrun sees them: two agents (--nnodes 2, one process each) meeting through c10d
+    rendezvous on 127.0.0.1. One agent is SIGKILLed mid-epoch; the other's process fails on the next
+    collective and that agent exits too; both relaunched with the same command continue from the last epoch
+    saved, each epoch logged once, both ranks on the same weights."""
+    out, port = tmp_path / "supernet", free_port()
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "spos-test",
+             os.path.join(REPO, "supernet.py"), "--imagenet-dir", str(small_digits), "--input-size", "32",
+             "--batch-size", "64", "--epochs", "3", "--workers", "1", "--log-frequency", "1", "--loader", "torch",
+             "--output-dir", str(out), "--resume"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def launch(name):
+        log = open(tmp_path / f"{name}.txt", "w")
+        return subprocess.Popen(agent, cwd=str(tmp_path), env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+    def output(*names):
+        return "".join((tmp_path / f"{name}.txt").read_text() for name in names)
+
+    agents = [launch("a1"), launch("b1")]
+    try:
+        deadline = time.monotonic() + 300
+        while "Epoch [2/3] Step [2/6]" not in output("a1", "b1"):  # rank 0 logs, on whichever agent it is
+            assert time.monotonic() < deadline and all(p.poll() is None for p, _ in agents), output("a1", "b1")
+            time.sleep(0.05)
+        agents[1][0].kill()  # one machine lost; its worker dies with it
+        assert agents[0][0].wait(timeout=240) != 0  # the other fails on its next collective, and gives up
+    finally:
+        for process, log in agents:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            log.close()
+    first = output("a1", "b1")
+    assert first.count("Epoch [1/3] done") == 1 and "Epoch [2/3] done" not in first
+    assert load_training_state(out / "training_state.pth.tar")["epoch"] == 1
+
+    agents = [launch("a2"), launch("b2")]
+    for process, log in agents:
+        assert process.wait(timeout=300) == 0, output("a2", "b2")[-4000:]
+        log.close()
+    second = output("a2", "b2")
+    assert "resuming from" in second and "1 of 3 epochs done" in second
+    assert "Epoch [1/3]" not in second and second.count("Epoch [2/3] done") == second.count("Epoch [3/3] done") == 1
+    assert "after epoch 3: the 2 processes hold the same weights" in second
+    assert sorted(p for p in os.listdir(out) if p.startswith("epoch_")) == [
+        "epoch_1.pth.tar", "epoch_2.pth.tar", "epoch_3.pth.tar"]
