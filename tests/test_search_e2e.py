@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, rea
 from tuner import EvolutionWithFlops
 
 SEARCH_TIMEOUT_S = 420
-CONFIGS = ["config_search.yml", "config_search_cpu.yml", "config_search_nni_evolution.yml"]
+CONFIGS = ["config_search.yml", "config_search_cpu.yml", "config_search_nni_evolution.yml", "config_search_remote.yml"]
 
 
 def free_port():
@@ -49,6 +50,9 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
     config["trialCodeDirectory"] = REPO
     if "codeDirectory" in config["tuner"]:
         config["tuner"]["codeDirectory"] = REPO
+    for machine in config["trainingService"].get("machineList", []):  # NNI checks that the key file exists
+        (tmp_path / "key").touch()
+        machine["sshKeyFile"] = str(tmp_path / "key")
     (tmp_path / name).write_text(yaml.safe_dump(config))
     loaded = ExperimentConfig.load(str(tmp_path / name))
     loaded.validate()
@@ -65,7 +69,14 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
     tuner = EvolutionWithFlops(**args)  # the class arguments are ones the tuner takes
     assert tuner.evolution.flops_limit == 330e6
     assert "maxTrialNumber" not in config  # the tuner ends the search; a resumed one may need a few more trials
-    if name == "config_search.yml":
+    if name == "config_search_remote.yml":  # the ImageNet search, its trials on other machines
+        imagenet = yaml.safe_load(open(os.path.join(REPO, "config_search.yml")))
+        assert config["trialCommand"].startswith(imagenet["trialCommand"] + " --imagenet-dir /")
+        assert {**config["tuner"], "codeDirectory": "."} == imagenet["tuner"]
+        service = config["trainingService"]
+        assert service["platform"] == "remote" and service["reuseMode"] is True
+        assert all({"host", "user", "sshKeyFile", "pythonPath"} <= set(machine) for machine in service["machineList"])
+    elif name == "config_search.yml":
         assert config["trialCommand"] == "python tester.py --spos-preprocessing"
         assert (config["trialConcurrency"], config["trialGpuNumber"]) == (4, 1)
         assert args == {"max_epochs": 20, "num_population": 50, "num_select": 10, "num_mutation": 25,
@@ -310,3 +321,81 @@ def test_nnis_regularized_evolution_runs_the_same_trials(digits_dir, tmp_path):
     finally:
         stopped = nnictl("stop", experiment_id)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+SSHD = "/usr/sbin/sshd"
+REMOTE_EXPERIMENTS = "/tmp/nni-experiments"  # NNI's folder on a remote machine
+
+
+@pytest.fixture
+def ssh_server(tmp_path):
+    """An OpenSSH server on 127.0.0.1 and a free port, accepting only a key made for this test (for this user):
+    what NNI's remote training service logs into. .ci/run installs Debian's openssh-server."""
+    if not os.path.exists(SSHD):
+        pytest.skip(f"{SSHD} is missing: apt-get install openssh-server (.ci/run does)")
+    folder = tmp_path / "ssh"
+    folder.mkdir()
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True)
+    (folder / "authorized_keys").write_text((folder / "user_key.pub").read_text())
+    os.chmod(folder / "authorized_keys", 0o600)
+    port = free_port()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\nPidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        f"Subsystem sftp internal-sftp\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation folder
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")], stdout=subprocess.DEVNULL,
+                              stderr=open(folder / "sshd.log", "w"))
+    try:
+        login = ["ssh", "-i", str(folder / "user_key"), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                 "-o", f"UserKnownHostsFile={folder / 'known_hosts'}", "-o", "BatchMode=yes", "127.0.0.1", "true"]
+        deadline = time.monotonic() + 30
+        while subprocess.run(login, capture_output=True, timeout=30).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, (folder / "sshd.log").read_text()
+            time.sleep(0.2)
+        yield {"host": "127.0.0.1", "port": port, "user": os.environ.get("USER") or "root",
+               "sshKeyFile": str(folder / "user_key"), "log": folder / "sshd.log"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_search_on_nnis_remote_service_over_ssh(digits_dir, tmp_path, ssh_server):
+    """config_search_remote.yml's training service (remote, reuseMode) pointed at a real SSH server on this
+    machine: NNI logs in, copies the trial code, runs the trials there; every candidate's result arrives and
+    the search finishes."""
+    import getpass
+
+    rounds, population = 2, 3
+    config_path = digits_config(tmp_path, digits_dir, max_epochs=rounds, num_population=population, num_select=2,
+                                num_mutation=1, num_crossover=1)
+    config = yaml.safe_load(config_path.read_text())
+    remote = yaml.safe_load(open(os.path.join(REPO, "config_search_remote.yml")))["trainingService"]
+    machine = {"host": ssh_server["host"], "port": ssh_server["port"], "user": getpass.getuser(),
+               "sshKeyFile": ssh_server["sshKeyFile"], "pythonPath": os.path.dirname(sys.executable)}
+    config["trainingService"] = {"platform": "remote", "reuseMode": remote["reuseMode"], "machineList": [machine]}
+    config["trialGpuNumber"] = 0
+    config["nniManagerIp"] = "127.0.0.1"  # where the trials report back to: this machine, on loopback only
+    config_path.write_text(yaml.safe_dump(config))
+    experiment_id, port = start("create", "--config", str(config_path))
+    search = Search(tmp_path, experiment_id, port)
+    remote_root = os.path.join(REMOTE_EXPERIMENTS, experiment_id)  # where NNI works on the "remote" machine
+    try:
+        state = search.wait(lambda s: s["finished"])
+        stopped = nnictl("stop", experiment_id)
+        assert stopped.returncode == 0, stopped.stderr
+        assert state["error"] is None and state["rounds_done"] == rounds, search.diagnostics()
+        rows = search.rows()
+        assert len(rows) == rounds * population and all(r["status"] == "succeeded" and r["accuracy"] for r in rows)
+        assert "Accepted publickey" in ssh_server["log"].read_text()  # NNI came in over SSH
+        # the trials ran on the copy NNI made there: the code, not the data, the venv or the checkpoints
+        trials = os.listdir(os.path.join(remote_root, "trials"))
+        assert len(trials) == rounds * population
+        copied = os.listdir(os.path.join(remote_root, "trials", trials[0], "code"))
+        assert {"tester.py", "tuner.py", "network.py", "spos", "utils.py"} <= set(copied)
+        assert not {".venv", "data", ".git", "tests"} & set(copied)
+    finally:
+        nnictl("stop", experiment_id)
+        shutil.rmtree(remote_root, ignore_errors=True)
