@@ -70,17 +70,42 @@ def test_gpu_check_without_cuda_is_one_clear_error():
     assert "--device cpu" in result.stderr
 
 
-def test_gpu_check_sh_passes_its_arguments_through(tmp_path):
+def test_gpu_check_sh_dry_run_runs_every_user_path_then_the_throughput_table(tmp_path):
+    """The GPU slot's one script, on the CPU at tiny sizes: each user path a PASS line (DALI's GPU decoding
+    skipped), then the throughput table with the options after RESULT.md, both in the result file."""
     assert run("bash", "-n", GPU_CHECK_SH).returncode == 0
     env = {**os.environ, "PYTHON": sys.executable}
-    usage = run("bash", GPU_CHECK_SH, env=env)
+    usage = run("bash", GPU_CHECK_SH, "--dry-run", env=env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
-    # the result file is relative to the caller's folder; the options after it reach gpu_check.py
-    result = run("bash", GPU_CHECK_SH, "result.md", "--device", "cpu", "--steps", "1", "--warmup", "0",
-                 "--batch-size", "2", "--input-size", "32", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
+    # the result file is relative to the caller's folder
+    result = run("bash", GPU_CHECK_SH, "--dry-run", "result.md", "--device", "cpu", "--steps", "1", "--warmup", "0",
+                 "--batch-size", "2", "--input-size", "32", cwd=tmp_path, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line.split(None, 1) for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL", "SKIP"))]
+    assert [(verdict, what.split("  ")[0].strip()) for verdict, what in lines] == [
+        ("SKIP", "DALI GPU decoding"), ("PASS", "supernet.py"), ("PASS", "torchrun"), ("PASS", "tester.py trial"),
+        ("PASS", "in-process search"), ("PASS", "scratch.py"), ("PASS", "nnictl search")]
     text = (tmp_path / "result.md").read_text()
-    assert "32x32, 1,000 classes, batch 2" in text and len(table_rows(text)) == 8
+    assert "User paths (CPU, --dry-run; 32x32, batch 16): 6 passed, 0 failed" in text
+    assert "killed between its checkpoint writes, resumed" in text and "2 processes (gloo)" in text
+    assert "32x32, 1,000 classes, batch 2" in text  # the throughput table, with the options given
+
+
+def test_a_failed_check_is_a_fail_line_and_exit_status_1(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import acceptance
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))
+
+    def broken(self):
+        raise acceptance.CheckFailed("exit 1 (expected 0): RuntimeError: CUDA error")
+
+    monkeypatch.setattr(acceptance.Acceptance, "broken", broken, raising=False)
+    monkeypatch.setattr(acceptance, "CHECKS", (("tester.py trial", "broken", False),))
+    assert acceptance.main(["--dry-run", "--work-dir", str(tmp_path), "--output", str(tmp_path / "a.md")]) == 1
+    assert "FAIL  tester.py trial" in capsys.readouterr().out
+    assert "0 passed, 1 failed" in (tmp_path / "a.md").read_text()
 
 
 def test_bench_data_times_both_loaders_on_photo_sized_jpegs(tmp_path):
