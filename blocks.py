@@ -31,11 +31,17 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, inp, oup, bias=False):
         super().__init__(inp, oup, 1, bias=bias)
 
-    def forward(self, x):
+    def forward(self, x, out_channels=None):
+        """``out_channels``: compute only the first that many outputs (channel search); the conv reads as many
+        input channels as ``x`` has, its first ones."""
+        weight, bias = self.weight, self.bias
+        if out_channels is not None or x.shape[1] != self.in_channels:
+            weight = weight[:out_channels, :x.shape[1]]
+            bias = None if bias is None else bias[:out_channels]
         if x.device.type == "cpu" and x.shape[2] * x.shape[3] <= MATMUL_MAX_PIXELS:
             # on a channels-last map the permutes are views, and the result is channels-last
-            return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
-        return super().forward(x)
+            return F.linear(x.permute(0, 2, 3, 1), weight.reshape(weight.shape[0], -1), bias).permute(0, 3, 1, 2)
+        return self._conv_forward(x, weight, bias)
 
 
 # Maps of at most this many pixels go through DepthwiseConv2d's weighted sums (measured faster below: 2x2 maps
@@ -54,19 +60,25 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, stride, kernel_size // 2, groups=channels, bias=False)
 
     def forward(self, x):
+        """On the first ``x.shape[1]`` channels of the kernel when ``x`` has fewer than it (channel search)."""
+        weight, bias, channels = self.weight, self.bias, x.shape[1]
+        if channels != self.in_channels:
+            weight, bias = weight[:channels], None if bias is None else bias[:channels]
         if x.device.type == "cpu" and x.shape[2] * x.shape[3] <= SMALL_MAP_PIXELS:
-            return self._small_map_forward(x)
+            return self._small_map_forward(x, weight, bias)
+        if channels != self.in_channels:
+            return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, channels)
         return super().forward(x)
 
-    def _small_map_forward(self, x):
+    def _small_map_forward(self, x, weight, bias):
         n, c, h, w = x.shape
         taps, out_h, out_w = _depthwise_taps(h, w, self.kernel_size[0], self.stride[0])
         # kernel values per (output pixel, input pixel, channel); taps that only meet padding point at a zero
-        kernel = torch.cat((self.weight.reshape(c, -1).t(), self.weight.new_zeros(1, c)))[taps]
+        kernel = torch.cat((weight.reshape(c, -1).t(), weight.new_zeros(1, c)))[taps]
         pixels = x.permute(0, 2, 3, 1).reshape(n, 1, h * w, c)  # a view of a channels-last map
         y = (pixels * kernel).sum(2) if h * w > 1 else pixels[:, :, 0] * kernel[:, 0]
-        if self.bias is not None:  # after fold_batch_norms
-            y = y + self.bias
+        if bias is not None:  # after fold_batch_norms
+            y = y + bias
         return y.reshape(n, out_h, out_w, c).permute(0, 3, 1, 2)  # channels-last, as the convolution gives
 
 
@@ -90,6 +102,28 @@ def _make_depthwise_taps(height, width, kernel_size, stride):
     return taps.reshape(out_h * out_w, height * width), out_h, out_w
 
 
+class SliceableBatchNorm2d(nn.BatchNorm2d):
+    """An nn.BatchNorm2d (same buffers, names and checkpoints) that also normalises an input with fewer channels
+    than it has, with its first statistics and affine parameters (channel search: a narrow path of a wide block);
+    training updates those first running statistics only."""
+
+    def forward(self, x):
+        channels = x.shape[1]
+        if channels == self.num_features:
+            return super().forward(x)
+        momentum = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_statistics = self.training or self.running_mean is None
+
+        def first(tensor):
+            return None if tensor is None else tensor[:channels]
+
+        return F.batch_norm(x, first(self.running_mean), first(self.running_var), first(self.weight),
+                            first(self.bias), use_batch_statistics, momentum, self.eps)
+
+
 def _conv_bn(inp, oup, kernel_size, stride, affine, depthwise=False, relu=True):
     if depthwise:
         conv = DepthwiseConv2d(inp, kernel_size, stride)
@@ -99,23 +133,41 @@ def _conv_bn(inp, oup, kernel_size, stride, affine, depthwise=False, relu=True):
         conv = nn.Conv2d(inp, oup, kernel_size, stride, kernel_size // 2, bias=False)
     layers = [
         conv,
-        nn.BatchNorm2d(oup, affine=affine),
+        SliceableBatchNorm2d(oup, affine=affine),
     ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return layers
 
 
+class MainBranch(nn.Sequential):
+    """A block's main branch (an nn.Sequential: Megvii's names ``branch_main.{i}``). ``branch(x, mid)`` runs it
+    on the first ``mid`` of its middle channels (channel search; ``mid_outputs``: the indices of the 1x1 convs
+    whose outputs are those channels; the depthwise convs and BNs follow the width they receive)."""
+
+    def __init__(self, layers, mid_outputs):
+        super().__init__(*layers)
+        self.mid_outputs = frozenset(mid_outputs)
+
+    def forward(self, x, mid=None):
+        if mid is None:
+            return super().forward(x)
+        for index, layer in enumerate(self):
+            x = layer(x, mid) if index in self.mid_outputs else layer(x)
+        return x
+
+
 class ShuffleUnit(nn.Module):
     """Common wiring of both block kinds: stride 2 concatenates a projection of the whole input,
-    stride 1 passes half of the channels through untouched."""
+    stride 1 passes half of the channels through untouched. ``block(x, mid)``: the main branch on its first
+    ``mid`` middle channels (channel search); ``block(x)``: on all of them."""
 
-    def __init__(self, inp, oup, stride, branch_main, proj_kernel, affine):
+    def __init__(self, inp, oup, stride, branch_main, proj_kernel, affine, mid_outputs):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.stride = stride
-        self.branch_main = nn.Sequential(*branch_main)
+        self.branch_main = MainBranch(branch_main, mid_outputs)
         if stride == 2:
             self.branch_proj = nn.Sequential(
                 *_conv_bn(inp, inp, proj_kernel, 2, affine, depthwise=True, relu=False),
@@ -124,11 +176,11 @@ class ShuffleUnit(nn.Module):
         else:
             self.branch_proj = None
 
-    def forward(self, x):
+    def forward(self, x, mid=None):
         if self.stride == 1:
             x_pass, x_main = channel_shuffle(x)
-            return torch.cat((x_pass, self.branch_main(x_main)), 1)
-        return torch.cat((self.branch_proj(x), self.branch_main(x)), 1)
+            return torch.cat((x_pass, self.branch_main(x_main, mid)), 1)
+        return torch.cat((self.branch_proj(x), self.branch_main(x, mid)), 1)
 
 
 class ShuffleNetBlock(ShuffleUnit):
@@ -140,7 +192,7 @@ class ShuffleNetBlock(ShuffleUnit):
             *_conv_bn(mid_channels, mid_channels, ksize, stride, affine, depthwise=True, relu=False),
             *_conv_bn(mid_channels, oup - inp, 1, 1, affine),
         ]
-        super().__init__(inp, oup, stride, branch_main, ksize, affine)
+        super().__init__(inp, oup, stride, branch_main, ksize, affine, mid_outputs=(0,))
 
 
 class ShuffleXceptionBlock(ShuffleUnit):
@@ -155,7 +207,7 @@ class ShuffleXceptionBlock(ShuffleUnit):
             *_conv_bn(mid_channels, mid_channels, 3, 1, affine, depthwise=True, relu=False),
             *_conv_bn(mid_channels, oup - inp, 1, 1, affine),
         ]
-        super().__init__(inp, oup, stride, branch_main, 3, affine)
+        super().__init__(inp, oup, stride, branch_main, 3, affine, mid_outputs=(2, 7))
 
 
 def make_block(choice, inp, oup, mid_channels, stride, affine):

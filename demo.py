@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ import urllib.request
 
 import yaml
 
-from spos.architecture import load_architecture
+from spos.architecture import format_choices, load_architecture
 from spos.options import RECIPE_FILE
 from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state, read_table, summarize
 from utils import UserError
@@ -48,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--supernet-epochs", type=int, default=None, help="default: data/digits/recipe.json's")
     parser.add_argument("--supernet-warm-start-steps", type=int, default=None,
                         help="default: data/digits/recipe.json's")
+    parser.add_argument("--channel-search", action="store_true",
+                        help="search each block's middle channels too (supernet.py --channel-search): the supernet, "
+                             "the search's candidates and the network trained from scratch carry a scale per layer")
     parser.add_argument("--supernet-paths", type=int, default=20,
                         help="random paths scored to tell how well the supernet learned")
     parser.add_argument("--scratch-epochs", type=int, default=None, help="default: data/digits/recipe.json's")
@@ -131,13 +135,16 @@ class Demo:
         supernet_dir = os.path.join(self.out, "supernet")
         self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--output-dir", supernet_dir,
                               *flag("--epochs", args.supernet_epochs),
-                              *flag("--warm-start-steps", args.supernet_warm_start_steps)], "supernet.log")
+                              *flag("--warm-start-steps", args.supernet_warm_start_steps),
+                              *(["--channel-search"] if args.channel_search else [])], "supernet.log")
         log = self.run("supernet paths", [sys.executable, "tester.py", "--imagenet-dir", DATA, "--checkpoint",
                                           supernet_dir, "--random-paths", str(args.supernet_paths)],
                        "supernet_paths.log")
         paths = json.loads(log.strip().splitlines()[-1])
 
-        self.run("ss_gen", ["nnictl", "ss_gen", "-t", "python tester.py"], "ss_gen.log")
+        # the trial command names the supernet: ss_gen writes its space (with channel choices for a channel supernet)
+        self.run("ss_gen", ["nnictl", "ss_gen", "-t", f"python tester.py --checkpoint {shlex.quote(supernet_dir)}"],
+                 "ss_gen.log")
         search_dir = self.search(supernet_dir)
 
         table = os.path.join(search_dir, TABLE_FILE)
@@ -152,21 +159,25 @@ class Demo:
                                    "--tb-dir", os.path.join(self.out, "runs")], "scratch.log")
         scratch_top1 = float(re.findall(r"last \(epoch \d+\) top-1 ([0-9.]+)", log)[-1])
 
-        choices = load_architecture(best_file)
+        genes = load_architecture(best_file)
+        rows_of_table = read_table(table)
         best = state["best"]
         complete = sum(r["scored"] == r["candidates"] for r in state["rounds"])
-        rounds = summarize(read_table(table))
+        rounds = summarize(rows_of_table)
         rows = [(f"supernet: {paths['paths']} random paths (recalibrated)",
                  f"mean {paths['mean']:.1%}, worst {paths['worst']:.1%}, best {paths['best']:.1%}"),
                 *[(f"search round {r}: best, mean", f"{best_acc:.1%}, {mean_acc:.1%}")
                   for r, best_acc, mean_acc, _ in rounds],
                 ("last round's best - first round's mean", f"{100 * (rounds[-1][1] - rounds[0][2]):+.1f} points"),
-                ("best architecture", " ".join(map(str, choices))),
+                ("best architecture", format_choices(genes)),
                 ("its FLOPs at 224x224", f"{best['flops'] / 1e6:.1f}M"),
                 ("its search accuracy (after BN recalibration)", f"{best['accuracy']:.1%}"),
                 ("candidates scored", f"{state['candidates_scored']} of {state['candidates']} "
                                       f"({state['candidates_failed']} failed)"),
                 ("rounds", f"{state['rounds_done']}, {complete} of them closed with every result"),
+                *([("candidates carrying their 20 scales",
+                    f"{sum(len(row['scales'].split()) == 20 for row in rows_of_table)} of {len(rows_of_table)}")]
+                  if args.channel_search else []),
                 ("its accuracy trained from scratch", f"{scratch_top1:.1%}"),
                 ("architecture file", shown(best_file)),
                 ("search plot", shown(os.path.join(self.out, "search.png"))),

@@ -17,17 +17,26 @@ NUM_LAYERS = 20
 NUM_CHOICES = len(CHOICE_NAMES)
 STAGE_REPEATS = (4, 4, 8, 4)
 STAGE_OUT_CHANNELS = (64, 160, 320, 640)
+# channel search (SPEC section 13): a block's middle channels are int(base * scale), base = output channels / 2
+CHANNEL_SCALES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6)
+NUM_SCALES = len(CHANNEL_SCALES)
+UNSCALED = CHANNEL_SCALES.index(1.0)  # the scale of every block in block search
+WIDEST = NUM_SCALES - 1  # what a channel-search supernet holds
 REFERENCE_INPUT_SIZE = 224
 # FLOPs limits are in the paper's units: multiply-adds at 224x224 with 1,000 classes, whatever the data
 PAPER_INPUT_SIZE, PAPER_CLASSES = 224, 1000
 # Megvii's FLOPs table, where NNI's example expects it (optional: FLOPs are computed without it)
 OP_FLOPS_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "op_flops_dict.pkl")
-# Megvii's trained supernet, where NNI's example expects it
-OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
+
+
+def scaled_mid_channels(base_mid, scale_id):
+    """Megvii's middle width of a block at scale ``CHANNEL_SCALES[scale_id]`` (int() rounds down, as theirs)."""
+    return int(base_mid * CHANNEL_SCALES[scale_id])
 
 
 def layer_specs(input_size, first_conv_channels=16):
-    """(inp, oup, mid_channels, stride, input feature map size) of each of the 20 choice layers."""
+    """(inp, oup, mid_channels, stride, input feature map size) of each of the 20 choice layers, ``mid_channels``
+    the unscaled (block search) width."""
     specs = []
     in_channels, fm_size = first_conv_channels, input_size // 2
     for repeats, out_channels in zip(STAGE_REPEATS, STAGE_OUT_CHANNELS):
@@ -45,7 +54,7 @@ def _count_macs(module, input_shape):
     """Multiply-adds of the convolutions and linear layers of ``module``, counted in one pass over a zero input:
     each output element of one costs a row of its weight (in channels per group x kernel area, or in features).
     The same count as torch's FlopCounterMode (tests/test_network.py); a real pass of one small image takes a
-    fraction of the second that loading FlopCounterMode, or running shape-only tensors, costs."""
+    fraction of the time that loading FlopCounterMode, or running shape-only (meta) tensors, costs."""
     macs = 0
 
     def count(layer, inputs, output):
@@ -84,10 +93,13 @@ def _read_op_flops_table(path):
 
 class ShuffleNetV2OneShot(nn.Module):
     """SPOS supernet (``architecture=None``: ``model(x, architecture)``) or the net of one architecture
-    (``architecture`` = 20 choices: only the chosen blocks exist and ``model(x)`` runs them)."""
+    (only the chosen blocks exist, at the chosen widths, and ``model(x)`` runs them). An architecture is 20 block
+    choices, or with channel search 40 genes: 20 blocks, then 20 scale indices into CHANNEL_SCALES (see
+    ``split_architecture``). ``channel_search``: the supernet's blocks hold the widest (1.6x) middle channels and
+    a path takes a block and a scale per layer, using the first channels of that block."""
 
     def __init__(self, input_size=224, first_conv_channels=16, last_conv_channels=1024, n_classes=1000,
-                 op_flops_path="./data/op_flops_dict.pkl", affine=False, architecture=None):
+                 op_flops_path="./data/op_flops_dict.pkl", affine=False, architecture=None, channel_search=False):
         super().__init__()
         if input_size <= 0 or input_size % 32 != 0:
             raise UserError(f"input size must be a positive multiple of 32, got {input_size}")
@@ -97,8 +109,10 @@ class ShuffleNetV2OneShot(nn.Module):
         self.n_classes = n_classes
         self.op_flops_path = op_flops_path
         self.architecture = None if architecture is None else validate_architecture(architecture)
+        self.channel_search = bool(channel_search) and self.architecture is None
         self._layer_specs = layer_specs(input_size, first_conv_channels)
-        self._flops_table = None
+        self._flops_table = None  # block search: from Megvii's table when present
+        self._channel_flops_table = None  # every (block, scale), counted
 
         self.first_conv = nn.Sequential(
             nn.Conv2d(3, first_conv_channels, 3, 2, 1, bias=False),
@@ -106,13 +120,16 @@ class ShuffleNetV2OneShot(nn.Module):
             nn.ReLU(inplace=True),
         )
         if self.architecture is None:
+            built_scale = WIDEST if self.channel_search else UNSCALED
             self.features = nn.ModuleList(
-                nn.ModuleList(make_block(c, inp, oup, mid, stride, affine) for c in range(NUM_CHOICES))
+                nn.ModuleList(make_block(c, inp, oup, scaled_mid_channels(mid, built_scale), stride, affine)
+                              for c in range(NUM_CHOICES))
                 for inp, oup, mid, stride, _ in self._layer_specs)
         else:
-            self.features = nn.Sequential(*(make_block(c, inp, oup, mid, stride, affine)
-                                            for c, (inp, oup, mid, stride, _) in zip(self.architecture,
-                                                                                   self._layer_specs)))
+            blocks, scales = split_architecture(self.architecture)
+            self.features = nn.Sequential(*(make_block(c, inp, oup, scaled_mid_channels(mid, s), stride, affine)
+                                            for c, s, (inp, oup, mid, stride, _) in zip(blocks, scales,
+                                                                                      self._layer_specs)))
         self.conv_last = nn.Sequential(
             PointwiseConv2d(STAGE_OUT_CHANNELS[-1], last_conv_channels),
             nn.BatchNorm2d(last_conv_channels, affine=affine),
@@ -128,7 +145,7 @@ class ShuffleNetV2OneShot(nn.Module):
         checkpoints record so that a later step builds the same network without being told."""
         return {"input_size": self.input_size, "first_conv_channels": self.first_conv_channels,
                 "last_conv_channels": self.last_conv_channels, "n_classes": self.n_classes,
-                "affine": self.first_conv[1].affine}
+                "affine": self.first_conv[1].affine, "channel_search": self.channel_search}
 
     @property
     def is_supernet(self):
@@ -141,14 +158,31 @@ class ShuffleNetV2OneShot(nn.Module):
         if self.is_supernet:
             if architecture is None:
                 raise ValueError("the supernet needs an architecture: model(x, architecture)")
-            for choices, choice in zip(self.features, architecture):
-                x = choices[choice](x)
+            if len(architecture) == NUM_LAYERS and not self.channel_search:
+                for choices, choice in zip(self.features, architecture):
+                    x = choices[choice](x)
+            else:
+                for choices, choice, mid in zip(self.features, *self.path_widths(architecture)):
+                    x = choices[choice](x, mid)
         else:
             x = self.features(x)
         x = self.conv_last(x)
         x = self.globalpool(x).flatten(1)
         x = self.dropout(x)
         return self.classifier(x)
+
+    def path_widths(self, architecture):
+        """``(blocks, mids)`` of a supernet path: each layer's block and the middle channels it uses (None: all
+        the block holds)."""
+        blocks, scales = split_architecture(architecture)
+        if not self.channel_search:
+            if any(s != UNSCALED for s in scales):
+                raise UserError(f"this supernet was trained without channel search (supernet.py --channel-search): "
+                                f"it has no widths but 1.0x, and the architecture asks for the scale indices {scales}")
+            return blocks, (None,) * NUM_LAYERS
+        mids = tuple(None if s == WIDEST else scaled_mid_channels(spec[2], s)
+                     for s, spec in zip(scales, self._layer_specs))
+        return blocks, mids
 
     def _initialize_weights(self):
         if self.first_conv[0].weight.is_meta:
@@ -172,19 +206,30 @@ class ShuffleNetV2OneShot(nn.Module):
             if self.is_supernet:
                 raise ValueError("the supernet needs a candidate to count FLOPs")
             candidate = self.architecture
-        choices = validate_architecture(candidate)
-        stem, per_layer, rest = self._get_flops_table()
-        return stem + rest + sum(per_layer[i][c] for i, c in enumerate(choices))
+        architecture = validate_architecture(candidate)
+        blocks, scales = split_architecture(architecture)
+        if len(architecture) == NUM_LAYERS:
+            stem, per_layer, rest = self._get_flops_table()
+        else:  # a block + channel architecture, whatever its scales: one table for all the paths a sampler draws
+            stem, per_layer, rest = self._get_channel_flops_table()
+        return stem + rest + sum(per_layer[i][c, s] for i, (c, s) in enumerate(zip(blocks, scales)))
 
     def _get_flops_table(self):
+        """(stem, per layer {(block, scale): FLOPs}, last conv and classifier) for the unscaled blocks."""
         if self._flops_table is None:
             if self.op_flops_path and os.path.exists(self.op_flops_path):
                 self._flops_table = self._flops_from_file(self.op_flops_path)
             else:
-                self._flops_table = self._flops_computed()
+                self._flops_table = self._flops_computed((UNSCALED,))
         return self._flops_table
 
-    def _flops_computed(self):
+    def _get_channel_flops_table(self):
+        """The same for every (block, scale), counted (Megvii's table holds only the unscaled widths)."""
+        if self._channel_flops_table is None:
+            self._channel_flops_table = self._flops_computed(range(NUM_SCALES))
+        return self._channel_flops_table
+
+    def _flops_computed(self, scale_ids):
         with torch.device("cpu"):
             stem = _count_macs(nn.Conv2d(3, self.first_conv_channels, 3, 2, 1, bias=False),
                                (1, 3, self.input_size, self.input_size))
@@ -193,8 +238,10 @@ class ShuffleNetV2OneShot(nn.Module):
                 if spec not in block_macs:
                     inp, oup, mid, stride, fm = spec
                     # a stride-1 block sees the whole input; inp counts only the half entering its main branch
-                    block_macs[spec] = [_count_macs(make_block(c, inp, oup, mid, stride, False),
-                                                    (1, inp * (3 - stride), fm, fm)) for c in range(NUM_CHOICES)]
+                    block_macs[spec] = {
+                        (c, s): _count_macs(make_block(c, inp, oup, scaled_mid_channels(mid, s), stride, False),
+                                            (1, inp * (3 - stride), fm, fm))
+                        for c in range(NUM_CHOICES) for s in scale_ids}
             per_layer = [block_macs[spec] for spec in self._layer_specs]
             fm = self.input_size // 32
             rest = (_count_macs(nn.Conv2d(STAGE_OUT_CHANNELS[-1], self.last_conv_channels, 1, bias=False),
@@ -220,20 +267,22 @@ class ShuffleNetV2OneShot(nn.Module):
         stem = lookup("conv1", (3, self.first_conv_channels, self.input_size, self.input_size, 2))
         # Megvii's key holds the class count where the last conv's width would be expected.
         rest = lookup("rest_operation", (STAGE_OUT_CHANNELS[-1], self.n_classes, fm, fm, 1))
-        per_layer = [[lookup(f"{CHOICE_NAMES[c]}_stride_{stride}", (inp, oup, mid, fm_in, fm_in, stride))
-                      for c in range(NUM_CHOICES)]
+        per_layer = [{(c, UNSCALED): lookup(f"{CHOICE_NAMES[c]}_stride_{stride}", (inp, oup, mid, fm_in, fm_in, stride))
+                      for c in range(NUM_CHOICES)}
                      for inp, oup, mid, stride, fm_in in self._layer_specs]
         return stem, per_layer, rest
 
 
 # what ShuffleNetV2OneShot.options() records, the arguments that rebuild the same network
-NETWORK_OPTIONS = ("input_size", "first_conv_channels", "last_conv_channels", "n_classes", "affine")
+NETWORK_OPTIONS = ("input_size", "first_conv_channels", "last_conv_channels", "n_classes", "affine", "channel_search")
 
 
 def path_network(supernet, architecture):
-    """The stand-alone network of one supernet path, with a copy of that path's weights and BN statistics,
-    on the supernet's device and in its memory format."""
+    """The stand-alone network of one supernet path, with a copy of that path's weights and BN statistics (of a
+    channel-search supernet, the first channels each block's width uses), on the supernet's device and in its
+    memory format."""
     weight = supernet.first_conv[0].weight
+    supernet.path_widths(architecture)  # a path this supernet has, or a ValueError
     with torch.device("meta"):  # no memory and no random init for weights that are replaced at once
         net = ShuffleNetV2OneShot(input_size=supernet.input_size, first_conv_channels=supernet.first_conv_channels,
                                   last_conv_channels=supernet.last_conv_channels, n_classes=supernet.n_classes,
@@ -243,12 +292,16 @@ def path_network(supernet, architecture):
     chosen = {}
     for name in ("first_conv", "conv_last", "classifier"):
         getattr(supernet, name).state_dict(destination=chosen, prefix=f"{name}.", keep_vars=False)
-    for layer, choice in enumerate(net.architecture):
+    for layer, choice in enumerate(split_architecture(net.architecture)[0]):
         supernet.features[layer][choice].state_dict(destination=chosen, prefix=f"features.{layer}.")
-    chosen = {key: value.clone() for key, value in chosen.items()}
+    # a narrower block's tensors are the first rows (and columns) of the wider one's; clones keep the memory format
+    shapes = {key: value.shape for key, value in net.state_dict().items()}
+    chosen = {key: value[tuple(slice(0, n) for n in shapes[key])].clone() for key, value in chosen.items()}
     net.load_state_dict(chosen, assign=True)
-    net._flops_table = supernet._flops_table
-    return net.to(weight.device).eval()
+    net._flops_table, net._channel_flops_table = supernet._flops_table, supernet._channel_flops_table
+    memory_format = (torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
+                     else torch.contiguous_format)
+    return net.to(weight.device, memory_format=memory_format).eval()
 
 
 def fold_batch_norms(model):
@@ -272,22 +325,40 @@ def fold_batch_norms(model):
 
 
 def validate_architecture(candidate):
-    """20 choices in 0..3 from a sequence of ints or the tuner's ``{"LayerChoiceN": {"_idx": i}}`` dict."""
+    """20 block choices in 0..3, or those and 20 scale indices in 0..7 (channel search), from a sequence of ints
+    or the tuner's ``{"LayerChoiceN": {"_idx": i}, "ChannelChoiceN": {"_idx": j}}`` dict."""
     if isinstance(candidate, dict):
-        candidate = [candidate[f"LayerChoice{i + 1}"]["_idx"] for i in range(NUM_LAYERS)]
-    choices = [int(c) for c in candidate]
-    if len(choices) != NUM_LAYERS or any(c not in range(NUM_CHOICES) for c in choices):
-        raise ValueError(f"an architecture is {NUM_LAYERS} choices in 0..{NUM_CHOICES - 1}, got {candidate!r}")
-    return tuple(choices)
+        keys = [f"LayerChoice{i + 1}" for i in range(NUM_LAYERS)]
+        if "ChannelChoice1" in candidate:
+            keys += [f"ChannelChoice{i + 1}" for i in range(NUM_LAYERS)]
+        candidate = [candidate[key]["_idx"] for key in keys]
+    genes = [int(c) for c in candidate]
+    if (len(genes) not in (NUM_LAYERS, 2 * NUM_LAYERS) or any(c not in range(NUM_CHOICES) for c in genes[:NUM_LAYERS])
+            or any(s not in range(NUM_SCALES) for s in genes[NUM_LAYERS:])):
+        raise ValueError(f"an architecture is {NUM_LAYERS} block choices in 0..{NUM_CHOICES - 1}, optionally followed "
+                         f"by {NUM_LAYERS} scale indices in 0..{NUM_SCALES - 1}, got {candidate!r}")
+    return tuple(genes)
 
 
-def random_architecture(rng):
-    return tuple(rng.randrange(NUM_CHOICES) for _ in range(NUM_LAYERS))
+def split_architecture(architecture):
+    """``(blocks, scale indices)`` of an architecture; a block-search one has every scale 1.0 (UNSCALED)."""
+    if len(architecture) == NUM_LAYERS:
+        return tuple(architecture), (UNSCALED,) * NUM_LAYERS
+    return tuple(architecture[:NUM_LAYERS]), tuple(architecture[NUM_LAYERS:])
+
+
+def random_architecture(rng, channel_search=False):
+    """Uniform random blocks (and with ``channel_search`` uniform random scales after them)."""
+    blocks = tuple(rng.randrange(NUM_CHOICES) for _ in range(NUM_LAYERS))
+    if not channel_search:
+        return blocks
+    return blocks + tuple(rng.randrange(NUM_SCALES) for _ in range(NUM_LAYERS))
 
 
 class FlopsBinnedSampler:
     """Megvii's path sampling: pick one of 7 equal FLOPs bins between 290M and 360M (scaled by the input
-    area) uniformly, then draw uniform paths until one falls in it; after 500 misses take any path."""
+    area) uniformly, then draw uniform paths until one falls in it; after 500 misses take any path. A
+    channel-search supernet's paths draw a block and a scale per layer."""
 
     def __init__(self, model, rng, low=290e6, high=360e6, num_bins=7, max_tries=500):
         scale = (model.input_size / REFERENCE_INPUT_SIZE) ** 2
@@ -298,10 +369,10 @@ class FlopsBinnedSampler:
     def __call__(self):
         low, high = self.rng.choice(self.bins)
         for _ in range(self.max_tries):
-            architecture = random_architecture(self.rng)
+            architecture = random_architecture(self.rng, self.model.channel_search)
             if low <= self.model.get_candidate_flops(architecture) <= high:
                 return architecture
-        return random_architecture(self.rng)
+        return random_architecture(self.rng, self.model.channel_search)
 
 
 @functools.lru_cache(maxsize=None)

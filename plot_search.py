@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 
+from spos.architecture import CHANNEL_SCALES  # noqa: E402
 from spos.search_state import STATE_FILE, TABLE_FILE, find_search_dir, read_state, read_table, summarize  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 
@@ -42,6 +43,12 @@ def find_state(table_path):
     """The search_state.json next to a table, or None (a table copied elsewhere)."""
     path = os.path.join(os.path.dirname(os.path.abspath(table_path)), STATE_FILE)
     return read_state(path) if os.path.isfile(path) else None
+
+
+def widths(row):
+    """``", mean width 1.15x"`` for a candidate of a block + channel search (the mean of its scales), else ``""``."""
+    scales = [CHANNEL_SCALES[int(s)] for s in (row.get("scales") or "").split()]
+    return f", mean width {sum(scales) / len(scales):.2f}x" if scales else ""
 
 
 def title(table, state, best):
@@ -77,7 +84,7 @@ def plot(table, output, title_source, state=None):
     points = ax.scatter([row["flops"] / 1e6 for row in scored], [row["accuracy"] for row in scored],
                         c=[row["round"] for row in scored], cmap=cmap, norm=norm, s=22, alpha=0.85, edgecolors="none")
     ax.scatter([best["flops"] / 1e6], [best["accuracy"]], marker="*", s=220, facecolors="none", edgecolors="red",
-               linewidths=1.5, label=f"best {best['accuracy']:.4f} (round {best['round']})")
+               linewidths=1.5, label=f"best {best['accuracy']:.4f} (round {best['round']}{widths(best)})")
     ax.set_xlabel("FLOPs (M multiply-adds at 224x224, 1000 classes)")
     ax.set_ylabel("top-1 accuracy (after BN recalibration)")
     ax.set_title("every candidate" + (f" ({failed} failed, not shown)" if failed else ""))

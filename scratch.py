@@ -17,7 +17,7 @@ from torch import nn
 from dataloader import ImageFolderLoader
 from network import PAPER_CLASSES, PAPER_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_weights
 from spos import distributed
-from spos.architecture import load_architecture, write_architecture
+from spos.architecture import format_choices, load_architecture, write_architecture
 from spos.checkpoint import describe_dataset, resume_training, save_training_state, save_weights, set_seed
 from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
 from spos.loops import evaluate, train_one_epoch
@@ -34,8 +34,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", "--fixed-arc", dest="architecture", default=None,
                         help="the architecture to train: NNI 1.x one-hot lists, {\"LayerChoice1\": \"2\", ...}, "
-                             "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints (default: "
-                             f"{DEFAULT_ARCHITECTURE} of the working folder, else the project's own)")
+                             "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints; with ChannelChoice1..20 "
+                             "(or Megvii's {\"architecture\": [...], \"scale_ids\": [...]}) a block + channel net "
+                             f"(default: {DEFAULT_ARCHITECTURE} of the working folder, else the project's own)")
     add_data_arguments(parser, workers=4)
     group = add_optimisation_arguments(parser, batch_size=1024, epochs=240)
     group.add_argument("--lr-decay", choices=("linear", "cosine"), default="linear",
@@ -219,7 +220,7 @@ def architecture_flops(architecture, input_size, n_classes):
 def log_architecture(path, architecture, model):
     flops, _ = architecture_flops(architecture, model.input_size, model.n_classes)
     paper_flops, paper_net = architecture_flops(architecture, PAPER_INPUT_SIZE, PAPER_CLASSES)
-    logger.info("architecture %s: %s", path, ",".join(map(str, architecture)))
+    logger.info("architecture %s: %s", path, format_choices(architecture))
     logger.info("FLOPs %.2fM at %dx%d and %d classes (%.1fM at %dx%d and %d classes, as the paper counts)",
                 flops / 1e6, model.input_size, model.input_size, model.n_classes, paper_flops / 1e6,
                 PAPER_INPUT_SIZE, PAPER_INPUT_SIZE, PAPER_CLASSES)
@@ -237,7 +238,7 @@ def evaluate_checkpoint(args, architecture):
     val_loader = make_loader(args, "val", device, classes=classes)
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=val_loader.num_classes, affine=True,
                                 architecture=architecture)
-    logger.info("architecture %s: %s", args.architecture, ",".join(map(str, architecture)))
+    logger.info("architecture %s: %s", args.architecture, format_choices(architecture))
     load_weights(model, args.evaluate)
     prepare_model(model, device, args.channels_last)
     stats = evaluate(fold_batch_norms(model), val_loader, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),

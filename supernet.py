@@ -15,18 +15,17 @@ import time
 from torch import nn
 
 from dataloader import ImageFolderLoader
-from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights
+from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights, random_architecture
 from spos import distributed, warm_start
 from spos.checkpoint import (describe_dataset, kill_point_for_tests, resume_training, save_training_state, save_weights,
                              set_seed)
 from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
 from spos.loops import evaluate, train_one_epoch
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
-from spos.options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
+from spos.options import (OFFICIAL_CHECKPOINT, add_data_arguments, add_optimisation_arguments, add_performance_arguments,
                           parse_args_with_recipe)
 from utils import UserError, logger, run_main, save_args, setup_logging
 
-OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 STATE_FILE = "training_state.pth.tar"
 
 
@@ -34,6 +33,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, workers=4)
     add_optimisation_arguments(parser, batch_size=768, epochs=120)
+    group = parser.add_argument_group("search space")
+    group.add_argument("--channel-search", action="store_true", default=False,
+                       help="also search each block's middle channels (0.2x..1.6x): blocks hold 1.6x the channels "
+                            "and each step's path takes a block and a width per layer (SPEC section 13)")
     group = parser.add_argument_group("warm start (small data; see spos/warm_start.py)")
     group.add_argument("--warm-start-steps", type=int, default=0,
                        help="steps of the template path before path sampling starts; 0: Megvii's recipe")
@@ -89,7 +92,8 @@ def train(args, context):
                 "%d images each a step", len(train_loader.files), len(val_loader.files), train_loader.num_classes,
                 train_loader.backend, len(train_loader), context.world_size, device.type, batch_size)
 
-    model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=False)
+    model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=False,
+                                channel_search=args.channel_search)
     if args.load_checkpoint:
         if not args.spos_preprocessing:
             logger.warning("official checkpoints expect --spos-preprocessing")
@@ -108,13 +112,13 @@ def train(args, context):
     # the sampler's FLOPs table is counted on throwaway blocks whose init draws from torch's generator: count it
     # now, before a resume restores that generator, so that a resumed run draws the dropout masks (and so
     # trains the weights) an uninterrupted run does
-    model.get_candidate_flops((0,) * NUM_LAYERS)
+    model.get_candidate_flops(random_architecture(random.Random(0), args.channel_search))
 
     start_epoch, state = 0, None
     state_path = os.path.join(args.output_dir, STATE_FILE)
     # what a saved state must have been trained on to be continued: the same data, the same steps an epoch
     identity = {"dataset": describe_dataset(train_loader), "--batch-size": args.batch_size,
-                "--warm-start-steps": args.warm_start_steps}
+                "--warm-start-steps": args.warm_start_steps, "--channel-search": args.channel_search}
     extra = {**identity, "network": model.options()}
     if args.resume:
         state = resume_training(args.output_dir, STATE_FILE, args.epochs, model, optimizer, scheduler,

@@ -23,13 +23,32 @@ import time
 
 _MODULE_STARTED = time.time()
 
+from spos.options import OFFICIAL_CHECKPOINT  # noqa: E402
 from spos.search_space import write_search_space  # noqa: E402
 
 SEARCH_SPACE_ENV = "NNI_GEN_SEARCH_SPACE"
 
+
+def generate_search_space(path, argv):
+    """`nnictl ss_gen`: the space of the supernet the trial command's --checkpoint names, with channel choices
+    when its network options say it was trained with channel search; block choices only for a supernet recording
+    none (Megvii's) or not trained yet."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--checkpoint", default=OFFICIAL_CHECKPOINT)
+    checkpoint = parser.parse_known_args(argv)[0].checkpoint
+    channel_search = False
+    if os.path.exists(checkpoint):  # reading it takes torch: only then
+        from spos.scoring import network_options_of, resolve_checkpoint
+
+        channel_search = bool(network_options_of(resolve_checkpoint(checkpoint)).get("channel_search"))
+    return write_search_space(path, channel_search)
+
+
 # `nnictl ss_gen` runs the trial command with NNI_GEN_SEARCH_SPACE set: answer before the heavy imports.
 if __name__ == "__main__" and os.environ.get(SEARCH_SPACE_ENV):
-    sys.exit(write_search_space(os.environ[SEARCH_SPACE_ENV]))
+    sys.exit(generate_search_space(os.environ[SEARCH_SPACE_ENV], sys.argv[1:]))
 
 # Before torch loads OpenMP: trials share the cores by design (several at a time, each with its loader), and
 # spinning OpenMP threads starve the others' (README, Performance).
@@ -40,8 +59,7 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from network import OFFICIAL_CHECKPOINT  # noqa: E402
-from spos.architecture import load_architecture, parse_architecture  # noqa: E402
+from spos.architecture import format_choices, load_architecture, parse_architecture  # noqa: E402
 from spos.checkpoint import set_seed  # noqa: E402
 from spos.hardware import compute_dtype, get_device  # noqa: E402
 from spos.options import (add_data_arguments, add_performance_arguments, parse_args_with_recipe,  # noqa: E402
@@ -128,14 +146,14 @@ def score_random_paths(args):
     train, val, classes, source = load_scoring_data(args, device, keep=True)
     log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - started)
     model = load_supernet(checkpoint, args.input_size, len(classes), device, args.channels_last)
-    paths = random_legal_paths(args.random_paths, args.flops_limit, args.seed)
+    paths = random_legal_paths(args.random_paths, args.flops_limit, args.seed, model.channel_search)
     accuracies = []
     for number, path in enumerate(paths, 1):
         result = evaluate_candidate(model, path, train, val, args.train_iters,
                                     autocast_dtype=compute_dtype(args.precision, device))
         accuracies.append(result["accuracy"])
         logger.info("random path %d/%d: %s  accuracy %.4f (before BN recalibration %.4f)", number, len(paths),
-                    " ".join(map(str, path)), result["accuracy"], result["accuracy_before_recalibration"])
+                    format_choices(path), result["accuracy"], result["accuracy_before_recalibration"])
     summary = {"checkpoint": checkpoint, "paths": len(paths), "flops_limit": args.flops_limit,
                "mean": sum(accuracies) / len(accuracies), "worst": min(accuracies), "best": max(accuracies),
                "accuracies": accuracies, "architectures": [list(path) for path in paths]}
@@ -188,7 +206,7 @@ def main(argv=None):
         source = f"NNI trial {nni.get_trial_id()}"
     # start-up: the interpreter, the imports (torch, DALI, nni) and fetching the candidate
     seconds = {"start_up": time.time() - process_started}
-    logger.info("candidate (%s): %s", source, " ".join(map(str, architecture)))
+    logger.info("candidate (%s): %s", source, format_choices(architecture))
     checkpoint = find_checkpoint(args)
     set_seed(args.seed)
     device = get_device(args.device)

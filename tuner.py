@@ -29,8 +29,9 @@ from collections import Counter, deque
 import nni
 from nni.tuner import Tuner
 
-from spos.architecture import architecture_keys, parse_architecture
-from spos.evolution import Evolution, format_choices
+from spos.architecture import architecture_keys, format_choices, parse_architecture
+from spos.evolution import Evolution
+from spos.search_space import search_space_values
 from spos.search_state import EXPORT_DIR, OUTCOMES, STATE_FILE, export_round, prepare_search_dir, save_search
 from utils import UserError
 
@@ -168,7 +169,9 @@ class EvolutionWithFlops(Tuner):
 
     @staticmethod
     def to_parameters(candidate):
-        return {key: {"_value": str(choice), "_idx": choice} for key, choice in zip(architecture_keys(), candidate)}
+        values = search_space_values(len(candidate))
+        return {key: {"_value": values[key][gene], "_idx": gene}
+                for key, gene in zip(architecture_keys(len(candidate)), candidate)}
 
     def _hand_out(self, parameter_id):
         candidate = self._queue.popleft()

@@ -10,19 +10,17 @@ candidates up to ``num_population``. A candidate is legal when it was never gene
 (224x224 input, 1,000 classes, as the paper's limit) are at most ``flops_limit``. A round closes when every
 one of its candidates has an outcome; the search finishes after ``max_epochs`` rounds.
 """
+import itertools
 import json
 import logging
 import random
 
-from network import PAPER_INPUT_SIZE, paper_flops
+from network import NUM_LAYERS, PAPER_INPUT_SIZE, paper_flops
+from spos.architecture import format_choices
 from spos.search_space import parse_search_space
-from spos.search_state import OUTCOMES
+from spos.search_state import OUTCOMES, genes_as_fields, genes_of
 
 logger = logging.getLogger("spos.evolution")
-
-
-def format_choices(candidate):
-    return " ".join(map(str, candidate))
 
 
 class Evolution:
@@ -159,12 +157,19 @@ class Evolution:
         return self._flops[candidate]
 
     def min_flops(self):
-        """FLOPs of the cheapest candidate the search space allows (layers add up independently)."""
+        """FLOPs of the cheapest candidate the search space allows (layers add up independently; a layer's block
+        and scale do not, so each layer's pairs are tried together)."""
         base = tuple(c[0] for c in self.choices)
         total = self.flops(base)
-        for i, allowed in enumerate(self.choices):
-            costs = [self.flops(base[:i] + (c,) + base[i + 1:]) for c in allowed]
-            total += min(costs) - costs[0]
+        for layer in range(NUM_LAYERS):
+            genes = (layer,) if len(base) == NUM_LAYERS else (layer, NUM_LAYERS + layer)
+            costs = []
+            for values in itertools.product(*(self.choices[g] for g in genes)):
+                candidate = list(base)
+                for gene, value in zip(genes, values):
+                    candidate[gene] = value
+                costs.append(self.flops(tuple(candidate)))
+            total += min(costs) - self.flops(base)
         return total
 
     def is_legal(self, candidate):
@@ -229,7 +234,7 @@ class Evolution:
         return {"settings": self.settings, "search_space": [list(c) for c in self.choices],
                 "finished": self.finished, "error": self.error, "round": self.round, "rounds_done": self.rounds_done,
                 "random_state": [version, list(internal), gauss],
-                "history": [{"choices": list(c), **{k: v for k, v in r.items() if k != "order"}}
+                "history": [{**genes_as_fields(c), **{k: v for k, v in r.items() if k != "order"}}
                             for c, r in self.history.items()]}
 
     def restore(self, state, source):
@@ -246,8 +251,9 @@ class Evolution:
             raise ValueError(f"{source}: that search has another search space than the one NNI gave")
         try:
             for order, entry in enumerate(state["history"]):
-                candidate = tuple(entry["choices"])
-                self.history[candidate] = {**{k: v for k, v in entry.items() if k != "choices"}, "order": order}
+                candidate = genes_of(entry)
+                self.history[candidate] = {**{k: v for k, v in entry.items() if k not in ("choices", "scales")},
+                                           "order": order}
                 self._flops[candidate] = entry["flops"]
             self.round, self.rounds_done = state["round"], state["rounds_done"]
             self.finished, self.error = state["finished"], state["error"]

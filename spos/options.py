@@ -8,6 +8,8 @@ from utils import UserError
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder above spos/
 RECIPE_FILE = "recipe.json"
+# Megvii's trained supernet, where NNI's example expects it
+OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 # flags a recipe may not set: where things are, what to resume, and the dataset itself
 _NOT_IN_RECIPES = {"help", "imagenet_dir", "output_dir", "resume", "checkpoint", "load_checkpoint", "device",
                    "architecture", "fixed_arc", "evaluate", "tb_dir", "cache_dir", "search_config", "evolution"}

@@ -37,16 +37,20 @@ def input_size_of(checkpoint, requested=None):
     network was trained at (supernet.py records it), else the paper's 224."""
     if requested is not None:
         return requested
-    options = read_checkpoint(checkpoint)[1] or {}
-    return options.get("input_size", REFERENCE_INPUT_SIZE)
+    return network_options_of(checkpoint).get("input_size", REFERENCE_INPUT_SIZE)
 
 
-def random_legal_paths(count, flops_limit, seed):
-    """``count`` distinct uniformly random paths with at most ``flops_limit`` FLOPs (in the paper's units, as the
-    search's limit), the same ones for the same seed."""
+def network_options_of(checkpoint):
+    """The network options supernet.py records in a checkpoint ({} for Megvii's, which records none)."""
+    return read_checkpoint(checkpoint)[1] or {}
+
+
+def random_legal_paths(count, flops_limit, seed, channel_search=False):
+    """``count`` distinct uniformly random paths (blocks and, with ``channel_search``, scales) with at most
+    ``flops_limit`` FLOPs (in the paper's units, as the search's limit), the same ones for the same seed."""
     rng, paths = random.Random(seed), []
     for _ in range(1000 * count):
-        path = random_architecture(rng)
+        path = random_architecture(rng, channel_search)
         if path not in paths and paper_flops(path) <= flops_limit:
             paths.append(path)
             if len(paths) == count:

@@ -14,10 +14,11 @@ import time
 
 import torch
 
-from spos.evolution import Evolution, format_choices
+from spos.architecture import format_choices
+from spos.evolution import Evolution
 from spos.hardware import compute_dtype
 from spos.scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet, log_scoring_data,
-                          resolve_checkpoint)
+                          network_options_of, resolve_checkpoint)
 from spos.search_space import search_space
 from spos.search_state import EXPORT_DIR, STATE_FILE, export_round, prepare_search_dir, save_search
 from utils import UserError, logger, save_args, setup_logging
@@ -53,7 +54,8 @@ def search_in_process(args, device):
                 pool = _start_pool(args, device, workers)
             evolution = _make_evolution(tuner_args, args.search_config)
             try:  # before the data: a search that cannot resume says so at once
-                resumes = _start_or_resume(evolution, checkpoint_dir, args.resume)
+                channel_search = bool(network_options_of(args.checkpoint).get("channel_search"))
+                resumes = _start_or_resume(evolution, checkpoint_dir, args.resume, channel_search)
             except (UserError, ValueError) as e:
                 raise UserError(f"--resume: {e}" if args.resume else str(e)) from None
             save_args(argparse.Namespace(**vars(args), tuner=tuner_args, resolved_search_workers=workers),
@@ -95,10 +97,10 @@ def _make_evolution(tuner_args, search_config):
         raise UserError(f"{search_config}: tuner.classArgs: {e}") from None
 
 
-def _start_or_resume(evolution, checkpoint_dir, resume):
-    """Start the search in ``checkpoint_dir``, or continue the one there (``resume``). Returns the list of
-    resumes search_state.json keeps."""
-    evolution.set_search_space(search_space())
+def _start_or_resume(evolution, checkpoint_dir, resume, channel_search):
+    """Start the search in ``checkpoint_dir``, or continue the one there (``resume``), over blocks (and scales:
+    ``channel_search``, the supernet's). Returns the list of resumes search_state.json keeps."""
+    evolution.set_search_space(search_space(channel_search))
     state = prepare_search_dir(checkpoint_dir, resume)
     logger.info("%s; results in %s", evolution.describe(), checkpoint_dir)
     if state is None:

@@ -1,46 +1,58 @@
 """The search space of the supernet as `nnictl ss_gen` writes it (NNI 1.x format): LayerChoice1..20, each
-choosing a block "0".."3". Imports nothing heavy, so that ss_gen answers at once."""
+choosing a block "0".."3", and for a supernet trained with channel search (supernet.py --channel-search)
+ChannelChoice1..20, each choosing a scale "0.2".."1.6" of the block's middle channels. Imports nothing heavy, so that
+ss_gen answers at once."""
 import json
 import sys
 
-# network.NUM_LAYERS and network.NUM_CHOICES (tests check they agree), repeated here so that ss_gen answers
-# without importing torch.
-NUM_LAYERS = 20
-NUM_CHOICES = 4
+from spos.architecture import CHANNEL_SCALES, NUM_CHOICES, NUM_LAYERS, architecture_keys, block_keys, channel_keys
 
 
-def search_space():
-    return {f"LayerChoice{i + 1}": {"_type": "layer_choice", "_value": [str(c) for c in range(NUM_CHOICES)]}
-            for i in range(NUM_LAYERS)}
+def search_space(channel_search=False):
+    genes = 2 * NUM_LAYERS if channel_search else NUM_LAYERS
+    return {key: {"_type": "layer_choice", "_value": values}
+            for key, values in search_space_values(genes).items()}
+
+
+def search_space_values(num_genes):
+    """Each key's values, by index: block indices "0".."3", scales "0.2".."1.6"."""
+    blocks = [str(c) for c in range(NUM_CHOICES)]
+    scales = [f"{scale:.1f}" for scale in CHANNEL_SCALES]
+    return {key: blocks if key.startswith("Layer") else scales for key in architecture_keys(num_genes)}
 
 
 def parse_search_space(space):
-    """The allowed block indices of each layer, from a space in this format (a layer's "_value" may be
-    narrowed); a ValueError naming the key otherwise."""
-    keys = [f"LayerChoice{i + 1}" for i in range(NUM_LAYERS)]
+    """The allowed indices of each gene (the 20 blocks, then the 20 scales of a block + channel space), from a
+    space in this format (a key's "_value" may be narrowed); a ValueError naming the key otherwise."""
+    with_channels = isinstance(space, dict) and any(str(key).startswith("ChannelChoice") for key in space)
+    keys = block_keys() + (channel_keys() if with_channels else [])
     if not isinstance(space, dict) or sorted(space) != sorted(keys):
         found = sorted(space)[:3] if isinstance(space, dict) else type(space).__name__
         raise ValueError(f"the search space must have exactly the keys LayerChoice1..LayerChoice{NUM_LAYERS} "
-                         f"(write it with: nnictl ss_gen -t \"python tester.py\"), got {found}")
+                         f"(and ChannelChoice1..ChannelChoice{NUM_LAYERS} with channel search; write it with: "
+                         f"nnictl ss_gen -t \"python tester.py\"), got {found}")
+    allowed = search_space_values(len(keys))
     choices = []
     for key in keys:
         spec = space[key]
         values = spec.get("_value") if isinstance(spec, dict) else None
         if (not isinstance(spec, dict) or spec.get("_type") != "layer_choice" or not isinstance(values, list)
-                or not values or any(str(v) not in {str(c) for c in range(NUM_CHOICES)} for v in values)):
-            raise ValueError(f"search space {key}: expected {{\"_type\": \"layer_choice\", \"_value\": [block "
-                             f"indices \"0\"..\"{NUM_CHOICES - 1}\"]}}, got {spec!r}")
-        choices.append(tuple(sorted({int(v) for v in values})))
+                or not values or any(str(v) not in allowed[key] for v in values)):
+            raise ValueError(f"search space {key}: expected {{\"_type\": \"layer_choice\", \"_value\": [some of "
+                             f"{', '.join(allowed[key])}]}}, got {spec!r}")
+        choices.append(tuple(sorted({allowed[key].index(str(v)) for v in values})))
     return choices
 
 
-def write_search_space(path):
+def write_search_space(path, channel_search=False):
     try:
         with open(path, "w") as f:
-            json.dump(search_space(), f, indent=2, sort_keys=True)
+            json.dump(search_space(channel_search), f, indent=2, sort_keys=True)
             f.write("\n")
     except OSError as e:
         print(f"error: {path}: cannot write the search space ({e.strerror or e})", file=sys.stderr)
         return 2
-    print(f"wrote the search space ({NUM_LAYERS} layer choices of {NUM_CHOICES} blocks) to {path}")
+    what = f"{NUM_LAYERS} block choices of {NUM_CHOICES} and {NUM_LAYERS} channel choices of {len(CHANNEL_SCALES)}" \
+        if channel_search else f"{NUM_LAYERS} layer choices of {NUM_CHOICES} blocks"
+    print(f"wrote the search space ({what}) to {path}")
     return 0

@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 
-from spos.architecture import write_architecture
+from spos.architecture import NUM_LAYERS, write_architecture
 from utils import UserError
 
 logger = logging.getLogger("spos.search_state")
@@ -32,7 +32,8 @@ EXPORT_DIR = "checkpoints"
 TABLE_FILE = "candidates.csv"
 STATE_FILE = "search_state.json"
 BEST_FILE = "architecture_final.json"
-TABLE_COLUMNS = ("round", "parameter_id", "origin", "choices", "flops", "accuracy_before_recalibration",
+# choices: the 20 blocks; scales: the 20 scale indices of a block + channel search (empty in block search)
+TABLE_COLUMNS = ("round", "parameter_id", "origin", "choices", "scales", "flops", "accuracy_before_recalibration",
                  "accuracy", "status", "trial_job_id")
 STATE_FORMAT = 1
 # a candidate's final outcome: it gets its row in candidates.csv (until then its status says what it waits for)
@@ -87,7 +88,8 @@ def save_search(checkpoint_dir, state):
     for record in state["history"]:
         if record["status"] in OUTCOMES:
             writer.writerow([record["round"], record["parameter_id"], record["origin"],
-                             " ".join(map(str, record["choices"])), record["flops"],
+                             " ".join(map(str, record["choices"])), " ".join(map(str, record.get("scales", ()))),
+                             record["flops"],
                              _number(record["accuracy_before_recalibration"]), _number(record["accuracy"]),
                              record["status"], record["trial_job_id"]])
     write_atomically(os.path.join(checkpoint_dir, TABLE_FILE), table.getvalue())
@@ -110,9 +112,22 @@ def summarize_state(state):
     best = None
     if scored:  # the first generated among the most accurate, as the search ranks them
         top = max(scored, key=lambda r: r["accuracy"])
-        best = {key: top[key] for key in ("choices", "accuracy", "flops", "round")}
+        best = {key: top[key] for key in ("choices", "scales", "accuracy", "flops", "round") if key in top}
     return {"candidates": len(history), "candidates_done": len(done), "candidates_scored": len(scored),
             "candidates_failed": len(done) - len(scored), "rounds": rounds, "best": best}
+
+
+def genes_as_fields(candidate):
+    """A candidate as search_state.json keeps it: ``choices`` (the blocks), and ``scales`` with channel search."""
+    fields = {"choices": list(candidate[:NUM_LAYERS])}
+    if len(candidate) > NUM_LAYERS:
+        fields["scales"] = list(candidate[NUM_LAYERS:])
+    return fields
+
+
+def genes_of(record):
+    """The candidate of a record of search_state.json (its blocks, then its scales with channel search)."""
+    return tuple(record["choices"]) + tuple(record.get("scales") or ())
 
 
 def export_round(checkpoint_dir, number, parents):

@@ -16,6 +16,10 @@ start gives every path that fixed path's function before sampling begins:
 
 All four choices start from the same function; none starts from random weights while the others start trained.
 The BN running statistics are copied with the weights (recalibration replaces them before any path is scored).
+
+With channel search every step of 1. and 2. draws a width per layer (uniformly, as path sampling will): the template
+path learns a function whose narrower widths are its first channels (each width uses the first channels of the
+widest, so every (block, width) pair shares it), and the Xception branches are fitted at the widths drawn.
 """
 import time
 
@@ -24,21 +28,30 @@ from torch import nn
 from torch.nn import functional as F
 
 from blocks import ShuffleNetBlock
+from network import NUM_LAYERS, NUM_SCALES
 from utils import logger
 
 # The 3x3 shuffle block: its function is one that the larger kernels hold exactly.
 TEMPLATE_CHOICE = 0
 
 
+def template_path(model):
+    """The template path of one step: the template block everywhere, at uniformly drawn widths (torch's generator)
+    in a channel-search supernet."""
+    blocks = (TEMPLATE_CHOICE,) * NUM_LAYERS
+    if not model.channel_search:
+        return blocks
+    return blocks + tuple(torch.randint(NUM_SCALES, (NUM_LAYERS,)).tolist())
+
+
 def train_template_path(model, batches, steps, criterion, optimizer, log_frequency=10):
-    """``steps`` SGD steps of the template path, on batches from ``batches`` (an iterator); returns the path."""
-    architecture = (TEMPLATE_CHOICE,) * len(model.features)
+    """``steps`` SGD steps of the template path, on batches from ``batches`` (an iterator)."""
     model.train()
     started = time.perf_counter()
     correct = seen = 0
     for step in range(steps):
         images, labels = next(batches)
-        output = model(images, architecture)
+        output = model(images, template_path(model))
         loss = criterion(output, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -50,7 +63,6 @@ def train_template_path(model, batches, steps, criterion, optimizer, log_frequen
                         step + 1, steps, loss.item(), correct / seen, log_frequency, (step + 1) /
                         (time.perf_counter() - started))
             correct = seen = 0
-    return architecture
 
 
 @torch.no_grad()
@@ -87,18 +99,18 @@ def _copy_padded(source, target):
             raise ValueError(f"cannot copy {name} of shape {tuple(src.shape)} into {tuple(dst.shape)}")
 
 
-def fit_branches(model, batches, pairs, architecture, steps, learning_rate=1e-3, log_frequency=50):
-    """Fit each student main branch to the output of its template main branch, all at once, on the inputs the
-    template path gives them (train mode, as in training): ``steps`` Adam steps on the squared error divided by
-    the target's variance, averaged over the branches. Returns the last normalised error."""
+def fit_branches(model, batches, pairs, steps, learning_rate=1e-3, log_frequency=50):
+    """Fit each student main branch to the output of its template main branch, all at once, on the inputs (and
+    widths) the template path gives them (train mode, as in training): ``steps`` Adam steps on the squared error
+    divided by the target's variance, averaged over the branches. Returns the last normalised error."""
     if not pairs:
         return 0.0
     students = [student for student, _ in pairs]
     optimizer = torch.optim.Adam([p for student in students for p in student.parameters()], lr=learning_rate)
     features = {}
 
-    def keep_input_and_output(template, inputs, output):
-        features[template] = (inputs[0].detach(), output.detach())
+    def keep_input_and_output(template, inputs, output):  # inputs: (x,) or (x, width)
+        features[template] = (inputs, output.detach())
 
     hooks = [template.register_forward_hook(keep_input_and_output) for _, template in pairs]
     model.train()
@@ -107,8 +119,8 @@ def fit_branches(model, batches, pairs, architecture, steps, learning_rate=1e-3,
         for step in range(steps):
             images, _ = next(batches)
             with torch.no_grad():
-                model(images, architecture)
-            loss = sum(F.mse_loss(student(features[template][0]), features[template][1])
+                model(images, template_path(model))
+            loss = sum(F.mse_loss(student(*features[template][0]), features[template][1])
                        / features[template][1].var().clamp_min(1e-6) for student, template in pairs) / len(pairs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -129,8 +141,8 @@ def warm_start(model, batches, steps, fit_steps, criterion, optimizer, log_frequ
     if not isinstance(model.features[0], nn.ModuleList):
         raise ValueError("the warm start is for a supernet")
     started = time.perf_counter()
-    architecture = train_template_path(model, batches, steps, criterion, optimizer, log_frequency)
+    train_template_path(model, batches, steps, criterion, optimizer, log_frequency)
     pairs = copy_template_into_siblings(model)
-    error = fit_branches(model, batches, pairs, architecture, fit_steps)
+    error = fit_branches(model, batches, pairs, fit_steps)
     logger.info("warm start done in %.1f s: every choice of every layer starts from the template path's blocks "
                 "(Xception main branches fitted to a normalised error of %.3f)", time.perf_counter() - started, error)

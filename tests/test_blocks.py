@@ -33,7 +33,8 @@ def test_block_kinds_and_kernels(choice, kernel):
 
 
 def kinds(sequence):
-    return ["Conv2d" if isinstance(m, nn.Conv2d) else type(m).__name__ for m in sequence]
+    return ["Conv2d" if isinstance(m, nn.Conv2d) else "BatchNorm2d" if isinstance(m, nn.BatchNorm2d)
+            else type(m).__name__ for m in sequence]
 
 
 def test_official_layer_order():

@@ -170,7 +170,7 @@ def test_scratch_under_torchrun_from_another_folder_resumes_after_all_processes_
                str(out), "--tb-dir", str(runs), "--resume"]
     log, outlived = killed_torchrun(command, tmp_path, at_line="Epoch [2/2] Step [2/6]")
     assert not outlived  # the workers died with torchrun, not training on into the relaunched run's files
-    assert f"architecture {os.path.join(REPO, 'architecture_final.json')}: 2,1,0,1,2,0,2,0,2,0,2,3" in log
+    assert f"architecture {os.path.join(REPO, 'architecture_final.json')}: 2 1 0 1 2 0 2 0 2 0 2 3" in log
     assert "2 process(es)" in log and log.count("Epoch [1/2] done") == 1
     assert load_training_state(out / "training_state.pth.tar")["epoch"] == 1  # epoch 2 was not finished by orphans
 

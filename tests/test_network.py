@@ -206,11 +206,12 @@ def test_non_multiple_of_32_is_a_user_error(input_size):
 
 def megvii_table(model, bump):
     """Megvii's op_flops_dict.pkl format from this model's computed numbers, each plus ``bump``."""
-    stem, per_layer, rest = model._flops_computed()
+    stem, per_layer, rest = model._flops_computed((network.UNSCALED,))
     table = {"conv1": {(3, 16, 224, 224, 2): stem + bump},
              "rest_operation": {(640, model.n_classes, 7, 7, 1): rest + bump}}
     for (inp, oup, mid, stride, fm), flops in zip(layer_specs(224), per_layer):
-        for name, value in zip(("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3"), flops):
+        for choice, name in enumerate(("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3")):
+            value = flops[choice, network.UNSCALED]
             # Megvii's feature map sizes are floats after halving (56.0): equal keys all the same
             table.setdefault(f"{name}_stride_{stride}", {})[(inp, oup, mid, float(fm), float(fm), stride)] = \
                 value + bump

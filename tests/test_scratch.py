@@ -196,7 +196,7 @@ def test_resume_after_sigkill_continues_from_the_last_saved_epoch(digits_run):
 
 def test_digits_run_reaches_high_accuracy(digits_run):
     output_dir, _, killed_log, stderr = digits_run
-    assert "2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3" in killed_log  # logged before training
+    assert "2 1 0 1 2 0 2 0 2 0 2 3 0 0 0 0 3 2 3 3" in killed_log  # logged before training
     assert re.search(r"FLOPs [\d.]+M at 32x32 and 10 classes \(322\.9M at 224x224 and 1000 classes", killed_log)
     assert re.search(r"parameters [\d.]+M with 10 classes \(3\.56M with 1000\)", killed_log)
     last = epoch_lines(stderr)[EPOCHS]
@@ -245,7 +245,7 @@ def test_from_another_folder_the_default_architecture_is_the_projects_unless_the
     command = [sys.executable, SCRATCH, "--evaluate", checkpoint, "--imagenet-dir", digits_dir, *DIGITS_ARGS]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"architecture {FINAL}: 2,1,0,1,2,0,2,0,2,0,2,3,0,0,0,0,3,2,3,3" in result.stderr
+    assert f"architecture {FINAL}: 2 1 0 1 2 0 2 0 2 0 2 3 0 0 0 0 3 2 3 3" in result.stderr
     assert "top-1" in result.stdout
 
     write(tmp_path / "architecture_final.json", [3] * 20)  # the working folder's own comes first

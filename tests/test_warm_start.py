@@ -60,8 +60,8 @@ def test_fitting_brings_the_xception_branches_to_the_template_outputs(digits_dir
                                backend="torch")
     batches = itertools.cycle(list(itertools.islice(iter(loader), 4)))
     pairs = warm_start.copy_template_into_siblings(model)
-    first = warm_start.fit_branches(model, batches, pairs, (0,) * 20, steps=1)
-    last = warm_start.fit_branches(model, batches, pairs, (0,) * 20, steps=60)
+    first = warm_start.fit_branches(model, batches, pairs, steps=1)
+    last = warm_start.fit_branches(model, batches, pairs, steps=60)
     assert last < 0.5 * first, (first, last)
 
 
