@@ -22,8 +22,8 @@ from spos.checkpoint import (describe_dataset, kill_point_for_tests, resume_trai
 from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
 from spos.loops import evaluate, train_one_epoch
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
-from spos.options import (OFFICIAL_CHECKPOINT, add_data_arguments, add_optimisation_arguments, add_performance_arguments,
-                          parse_args_with_recipe)
+from spos.options import (OFFICIAL_CHECKPOINT, add_data_arguments, add_optimisation_arguments,
+                          add_performance_arguments, parse_args_with_recipe)
 from utils import UserError, logger, run_main, save_args, setup_logging
 
 STATE_FILE = "training_state.pth.tar"
