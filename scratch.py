@@ -35,7 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--architecture", "--fixed-arc", dest="architecture", default=None,
                         help="the architecture to train: NNI 1.x one-hot lists, {\"LayerChoice1\": \"2\", ...}, "
                              "the tuner's {\"_value\", \"_idx\"} form or a JSON list of 20 ints; with "
-                             "ChannelChoice1..20 (or Megvii's {\"architecture\": [...], \"scale_ids\": [...]}) a block + channel net "
+                             "ChannelChoice1..20 (or Megvii's {\"architecture\": [...], \"scale_ids\": [...]}) a "
+                             "block + channel net "
                              f"(default: {DEFAULT_ARCHITECTURE} of the working folder, else the project's own)")
     add_data_arguments(parser, workers=4)
     group = add_optimisation_arguments(parser, batch_size=1024, epochs=240)

@@ -195,3 +195,25 @@ def test_the_evolution_imports_no_nni():
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_min_flops_of_a_block_and_channel_space_tries_each_layers_pairs():
+    evolution = make_evolution(search_space(channel_search=True))
+    # the cheapest candidate: each layer's cheapest (block, scale) pair, the others held
+    cheapest = [0] * 40
+    for layer in range(20):
+        cheapest[layer], cheapest[20 + layer] = min(
+            ((b, s) for b in range(4) for s in range(8)),
+            key=lambda pair: paper_flops(tuple(cheapest[:layer]) + (pair[0],) + tuple(cheapest[layer + 1:20 + layer])
+                                         + (pair[1],) + tuple(cheapest[21 + layer:])))
+    assert evolution.min_flops() == paper_flops(tuple(cheapest))
+    rng = random.Random(0)
+    assert all(paper_flops(tuple(rng.randrange(4) for _ in range(20)) + tuple(rng.randrange(8) for _ in range(20)))
+               >= evolution.min_flops() for _ in range(300))
+    space = search_space(channel_search=True)
+    for layer in range(1, 21):  # only Xception at 1.6x allowed: the layers' pairs, not genes, add up
+        space[f"LayerChoice{layer}"]["_value"] = ["3"]
+        space[f"ChannelChoice{layer}"]["_value"] = ["1.6"]
+    narrowed = make_evolution(space, flops_limit=1e12)
+    assert narrowed.min_flops() == paper_flops((3,) * 20 + (7,) * 20)
+    assert all(c == (3,) * 20 + (7,) * 20 for c in narrowed.open_candidates())

@@ -367,3 +367,140 @@ def test_path_network_and_folded_bn_compute_what_the_supernet_path_computes(chan
     torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
     for key, value in supernet.state_dict().items():  # the supernet keeps its weights and statistics
         assert torch.equal(value, before[key]), key
+
+
+# channel search (SPEC section 13)
+
+MEGVII_BLOCKS = (0, 0, 3, 1, 1, 1, 0, 0, 2, 0, 2, 1, 1, 0, 2, 0, 2, 1, 3, 2)
+MEGVII_SCALE_IDS = (6, 5, 3, 5, 2, 6, 3, 4, 2, 5, 7, 5, 4, 6, 7, 4, 4, 5, 4, 3)
+
+
+def test_released_block_and_channel_network_counts_megvii_flops_and_parameters(supernet):
+    released = MEGVII_BLOCKS + MEGVII_SCALE_IDS
+    assert supernet.get_candidate_flops(released) == 327_857_920
+    with torch.device("meta"):
+        net = ShuffleNetV2OneShot(n_classes=1000, affine=True, architecture=released, op_flops_path=NO_TABLE)
+        unscaled = ShuffleNetV2OneShot(n_classes=1000, affine=True, architecture=MEGVII_BLOCKS, op_flops_path=NO_TABLE)
+    assert sum(p.numel() for p in net.parameters()) == 3_432_579
+    assert net.get_candidate_flops() == 327_857_920
+    # the same blocks at 1.0x: the block-search count, from either form
+    assert sum(p.numel() for p in unscaled.parameters()) == 3_345_088
+    assert supernet.get_candidate_flops(MEGVII_BLOCKS) == 318_729_024
+    assert supernet.get_candidate_flops(MEGVII_BLOCKS + (network.UNSCALED,) * 20) == 318_729_024
+
+
+def test_mid_channels_of_every_scale_and_flops_grow_with_width(supernet):
+    assert [network.scaled_mid_channels(32, s) for s in range(8)] == [6, 12, 19, 25, 32, 38, 44, 51]
+    _, per_layer, _ = supernet._get_channel_flops_table()
+    for layer in per_layer:
+        for block in range(4):
+            costs = [layer[block, s] for s in range(8)]
+            assert costs == sorted(costs) and len(set(costs)) == 8
+
+
+def test_mac_count_of_scaled_blocks_equals_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from blocks import make_block
+
+    for inp, oup, mid, stride, fm in layer_specs(224)[:2] + layer_specs(224)[-1:]:
+        for choice in range(4):
+            for scale in (0, 3, 7):
+                block_mid = network.scaled_mid_channels(mid, scale)
+                shape = (1, inp * (3 - stride), fm, fm)
+                with FlopCounterMode(display=False) as counter:
+                    make_block(choice, inp, oup, block_mid, stride, False).to("meta").eval()(
+                        torch.zeros(shape, device="meta"))
+                assert network._count_macs(make_block(choice, inp, oup, block_mid, stride, False), shape) == \
+                    counter.get_total_flops() // 2
+
+
+def trained_channel_supernet(input_size=32, seed=0):
+    """A channel-search supernet whose BN statistics have seen a few random paths."""
+    torch.manual_seed(seed)
+    model = ShuffleNetV2OneShot(input_size=input_size, n_classes=10, channel_search=True, op_flops_path=NO_TABLE)
+    rng = random.Random(seed)
+    with torch.no_grad():
+        model.train()
+        for _ in range(4):
+            model(torch.randn(8, 3, input_size, input_size) * 2 + 1, random_architecture(rng, channel_search=True))
+    return model.eval()
+
+
+def test_channel_supernet_holds_the_widest_blocks_and_records_the_option():
+    model = ShuffleNetV2OneShot(input_size=32, n_classes=10, channel_search=True, op_flops_path=NO_TABLE)
+    assert model.options()["channel_search"] is True
+    for layer, (_, _, mid, _, _) in zip(model.features, layer_specs(32)):
+        assert layer[0].branch_main[0].out_channels == network.scaled_mid_channels(mid, network.WIDEST)
+    plain = ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE)
+    assert plain.options()["channel_search"] is False
+    # the same module names as Megvii's: only the widths differ
+    assert set(model.state_dict()) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_path_network_computes_what_the_supernet_path_computes(channels_last):
+    supernet = trained_channel_supernet()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    supernet.to(memory_format=memory_format)
+    rng = random.Random(5)
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(3):
+        path = random_architecture(rng, channel_search=True)
+        expected = supernet(x, path)
+        net = network.path_network(supernet, path)
+        blocks, scales = network.split_architecture(path)
+        for layer, block, scale, (_, _, mid, _, _) in zip(net.features, blocks, scales, layer_specs(32)):
+            assert layer.branch_main[-3].in_channels == network.scaled_mid_channels(mid, scale)  # the last 1x1 conv
+        assert net.first_conv[0].weight.is_contiguous(memory_format=memory_format)
+        scale_of_output = expected.abs().max().item()
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-4 * scale_of_output)
+        torch.testing.assert_close(network.fold_batch_norms(net)(x), expected, rtol=1e-3, atol=1e-3 * scale_of_output)
+        assert net.get_candidate_flops() == supernet.get_candidate_flops(path)
+
+
+def test_channel_path_trains_only_its_first_channels():
+    supernet = trained_channel_supernet()
+    supernet.train()
+    path = (0,) * 20 + (0,) * 20  # every layer at 0.2x
+    supernet(torch.randn(4, 3, 32, 32), path).sum().backward()
+    conv = supernet.features[5][0].branch_main[0]
+    used = network.scaled_mid_channels(layer_specs(32)[5][2], 0)
+    assert conv.weight.grad[:used].abs().sum() > 0 and conv.weight.grad[used:].abs().sum() == 0
+    assert supernet.features[5][1].branch_main[0].weight.grad is None  # another block: untouched
+
+
+def test_block_supernet_refuses_scales_and_takes_unscaled_genes():
+    model = ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x, FINAL_ARCHITECTURE), model(x, FINAL_ARCHITECTURE + (network.UNSCALED,) * 20))
+    with pytest.raises(UserError, match="without channel search"):
+        model(x, FINAL_ARCHITECTURE + (3,) * 20)
+
+
+def test_channel_sampler_draws_legal_blocks_and_scales_in_the_bins():
+    model = ShuffleNetV2OneShot(input_size=32, n_classes=10, channel_search=True, op_flops_path=NO_TABLE)
+    sampler = FlopsBinnedSampler(model, random.Random(0))
+    drawn = [sampler() for _ in range(100)]
+    for path in drawn:
+        assert len(path) == 40 and all(0 <= b < 4 for b in path[:20]) and all(0 <= s < 8 for s in path[20:])
+        flops = model.get_candidate_flops(path)
+        assert any(low <= flops <= high for low, high in sampler.bins)
+    assert {s for path in drawn for s in path[20:]} == set(range(8))
+
+
+def test_channel_checkpoint_round_trip(tmp_path):
+    from spos.checkpoint import save_weights
+    from spos.scoring import load_supernet
+
+    supernet = trained_channel_supernet()
+    save_weights(str(tmp_path), 1, supernet.state_dict(), supernet.options())
+    loaded = load_supernet(str(tmp_path / "epoch_1.pth.tar"), 32, 10, channels_last=False)
+    assert loaded.channel_search
+    path = random_architecture(random.Random(2), channel_search=True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x, path), supernet(x, path))
+    # a block-search supernet does not take these weights: one clear message
+    with pytest.raises(UserError, match="does not fit this network"):
+        load_weights(ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE),
+                     str(tmp_path / "epoch_1.pth.tar"))

@@ -13,7 +13,7 @@ import torch
 from conftest import REPO
 
 from network import ShuffleNetV2OneShot, load_and_parse_state_dict
-from spos.architecture import load_architecture
+from spos.architecture import load_architecture, write_architecture
 from spos.checkpoint import load_training_state
 from utils import UserError
 
@@ -48,6 +48,44 @@ ACCEPTED = {
     "tuner_value_idx": {k: {"_value": str(c), "_idx": c} for k, c in zip(KEYS, FINAL_CHOICES)},
     "list_of_ints": list(FINAL_CHOICES),
 }
+
+
+# Megvii's released block + channel network (SPEC section 13)
+MEGVII_BLOCKS = [0, 0, 3, 1, 1, 1, 0, 0, 2, 0, 2, 1, 1, 0, 2, 0, 2, 1, 3, 2]
+MEGVII_SCALE_IDS = [6, 5, 3, 5, 2, 6, 3, 4, 2, 5, 7, 5, 4, 6, 7, 4, 4, 5, 4, 3]
+SCALES = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]
+CHANNEL_KEYS = [f"ChannelChoice{i + 1}" for i in range(20)]
+CHANNEL_ACCEPTED = {
+    "megvii_scale_ids": {"architecture": MEGVII_BLOCKS, "scale_ids": MEGVII_SCALE_IDS},
+    "megvii_channels_scales": {"architecture": MEGVII_BLOCKS,
+                               "channels_scales": [SCALES[i] for i in MEGVII_SCALE_IDS]},
+    "nni1_one_hot": {**one_hot(MEGVII_BLOCKS), **{k: [s == i for i in range(8)]
+                                                  for k, s in zip(CHANNEL_KEYS, MEGVII_SCALE_IDS)}},
+    "tuner_value_idx": {**{k: {"_value": str(c), "_idx": c} for k, c in zip(KEYS, MEGVII_BLOCKS)},
+                        **{k: {"_value": f"{SCALES[s]:.1f}", "_idx": s} for k, s in zip(CHANNEL_KEYS, MEGVII_SCALE_IDS)}},
+    "list_of_40_ints": MEGVII_BLOCKS + MEGVII_SCALE_IDS,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHANNEL_ACCEPTED))
+def test_each_block_and_channel_format_parses_to_the_same_genes(tmp_path, kind):
+    assert load_architecture(write(tmp_path / f"{kind}.json", CHANNEL_ACCEPTED[kind])) == tuple(
+        MEGVII_BLOCKS + MEGVII_SCALE_IDS)
+
+
+def test_a_block_and_channel_architecture_is_written_as_nni1_one_hot_and_read_back(tmp_path):
+    path = str(tmp_path / "arch.json")
+    write_architecture(path, tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS))
+    with open(path) as f:
+        assert json.load(f) == CHANNEL_ACCEPTED["nni1_one_hot"]
+    assert load_architecture(path) == tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS)
+
+
+def test_released_block_and_channel_network_size():
+    from scratch import architecture_flops, count_parameters
+
+    flops, net = architecture_flops(tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS), 224, 1000)
+    assert flops == 327_857_920 and count_parameters(net) == 3_432_579
 
 
 def test_architecture_final_json_is_megvii_architecture():
@@ -86,6 +124,12 @@ REFUSED = {
     "empty_file": ("", ["empty"]),
     "not_json": ("LayerChoice1: 2\n", ["not valid JSON"]),
     "missing_file": (None, ["cannot read"]),
+    "channel_index_out_of_range": ({**one_hot(FINAL_CHOICES), **{k: "4" for k in CHANNEL_KEYS}, "ChannelChoice2": "8"},
+                                   ["ChannelChoice2", "out of range"]),
+    "channel_key_missing": ({**one_hot(FINAL_CHOICES), **{k: "4" for k in CHANNEL_KEYS[1:]}},
+                            ["'ChannelChoice1'", "missing"]),
+    "megvii_bad_scale": ({"architecture": FINAL_CHOICES, "channels_scales": [1.0] * 19 + [1.7]},
+                         ["channels_scales item 19", "1.7"]),
 }
 
 
@@ -273,3 +317,22 @@ def test_resume_refuses_another_architecture(digits_run, digits_dir, tmp_path):
     # the run it was pointed at is left as it was
     assert load_architecture(os.path.join(output_dir, "architecture.json")) == FINAL_CHOICES
     assert load_training_state(os.path.join(output_dir, "training_state.pth.tar"))["epoch"] == EPOCHS
+
+
+def test_a_block_and_channel_file_trains_from_scratch_with_its_widths(digits_dir, tmp_path):
+    """Megvii's released lists, one epoch on the digits: the net has the file's middle channels and affine BN, and
+    its saved weights and architecture.json are those of that net."""
+    arch_file = write(tmp_path / "megvii.json", CHANNEL_ACCEPTED["megvii_scale_ids"])
+    output_dir = str(tmp_path / "out")
+    result = scratch("--fixed-arc", arch_file, "--imagenet-dir", digits_dir, "--epochs", "1", "--output-dir",
+                     output_dir, "--tb-dir", str(tmp_path / "runs"), *DIGITS_ARGS)
+    assert result.returncode == 0, result.stderr
+    assert f"architecture {arch_file}: {' '.join(map(str, MEGVII_BLOCKS))} | scales " in result.stderr
+    assert "(327.9M at 224x224 and 1000 classes, as the paper counts)" in result.stderr
+    assert load_architecture(os.path.join(output_dir, "architecture.json")) == tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS)
+    net = ShuffleNetV2OneShot(input_size=32, n_classes=10, affine=True,
+                              architecture=MEGVII_BLOCKS + MEGVII_SCALE_IDS)
+    weights = load_and_parse_state_dict(os.path.join(output_dir, "epoch_1.pth.tar"))
+    net.load_state_dict(weights, strict=True)
+    assert weights["features.0.branch_main.0.weight"].shape[0] == int(32 * 1.4)  # scale index 6: 1.4x of 32
+    assert weights["features.0.branch_main.1.weight"] is not None  # affine BN

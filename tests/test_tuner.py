@@ -486,3 +486,42 @@ def test_a_trial_nni_re_runs_that_never_reports_counts_as_failed_after_its_timeo
     assert f"the trial NNI re-ran for {' '.join(map(str, candidate))} (parameter {rerun_id}) sent no result " \
            f"within 5 s of the resume: counted as failed" in caplog.text
     assert resumed.evolution.round == 2 and after.callbacks == 2  # round 2 began and served the two waiting requests
+
+
+def test_a_block_and_channel_search_hands_out_both_genes_and_resumes_with_them(tmp_path):
+    def make(folder, resume=False):
+        tuner = EvolutionWithFlops(**{**SMALL, "output_dir": str(folder)})
+        if resume:
+            tuner.load_checkpoint()
+        tuner.update_search_space(search_space(channel_search=True))
+        return tuner
+
+    reference = make(tmp_path / "reference")
+    handed, _ = drive(reference, seed=1)
+    assert reference.evolution.finished and len(handed) == 24
+    assert all(len(candidate) == 40 for _, candidate in handed)
+    assert {s for _, candidate in handed for s in candidate[20:]} == set(range(8))
+    parameters = EvolutionWithFlops.to_parameters(handed[0][1])
+    assert parameters["ChannelChoice1"] == {"_value": ("0.2", "0.4", "0.6", "0.8", "1.0", "1.2", "1.4", "1.6")[
+        handed[0][1][20]], "_idx": handed[0][1][20]}
+    # mutation and crossover change the scales too: children whose blocks equal a parent's differ in scales
+    history = reference.evolution.history
+    later = [c for c, r in history.items() if r["origin"] in ("mutation", "crossover")]
+    assert any(c[20:] not in {p[20:] for p in history if history[p]["round"] == 1} for c in later)
+    rows = read_rows(tmp_path / "reference")
+    for row in rows:
+        candidate = tuple(map(int, row["choices"].split() + row["scales"].split()))
+        assert len(candidate) == 40 and int(row["flops"]) == paper_flops(candidate) <= 330e6
+    best = max(rows, key=lambda r: (float(r["accuracy"]), -int(r["parameter_id"])))
+    assert load_architecture(os.path.join(tmp_path / "reference", EXPORT_DIR, BEST_FILE)) == tuple(
+        map(int, best["choices"].split() + best["scales"].split()))
+    state = read_search_state(tmp_path / "reference")
+    assert all(len(entry["scales"]) == 20 for entry in state["history"]) and len(state["best"]["scales"]) == 20
+
+    # stopped after round 1, resumed: the same search as the one never stopped
+    stopped = make(tmp_path / "search")
+    stopped._start_timer = NoTimer
+    FakeNNI(stopped, seed=2).run(concurrency=1, until=lambda n: stopped.evolution.rounds_done == 1)
+    resumed = make(tmp_path / "search", resume=True)
+    drive(resumed, seed=3)
+    assert rows_without_ids(tmp_path / "search") == rows_without_ids(tmp_path / "reference")
