@@ -62,7 +62,8 @@ CHANNEL_ACCEPTED = {
     "nni1_one_hot": {**one_hot(MEGVII_BLOCKS), **{k: [s == i for i in range(8)]
                                                   for k, s in zip(CHANNEL_KEYS, MEGVII_SCALE_IDS)}},
     "tuner_value_idx": {**{k: {"_value": str(c), "_idx": c} for k, c in zip(KEYS, MEGVII_BLOCKS)},
-                        **{k: {"_value": f"{SCALES[s]:.1f}", "_idx": s} for k, s in zip(CHANNEL_KEYS, MEGVII_SCALE_IDS)}},
+                        **{k: {"_value": f"{SCALES[s]:.1f}", "_idx": s}
+                           for k, s in zip(CHANNEL_KEYS, MEGVII_SCALE_IDS)}},
     "list_of_40_ints": MEGVII_BLOCKS + MEGVII_SCALE_IDS,
 }
 

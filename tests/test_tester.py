@@ -102,3 +102,31 @@ def test_random_paths_are_scored_as_trials_and_drawn_under_the_flops_limit(digit
 def test_random_paths_with_fixed_arc_is_refused(digits_dir, digits_checkpoint):
     with pytest.raises(UserError, match="give one of them"):
         tester.main([*digits_args(digits_dir, digits_checkpoint), "--random-paths", "2", "--fixed-arc", "x.json"])
+
+
+def test_a_block_and_channel_candidate_is_scored_on_a_channel_supernet_and_refused_by_a_block_one(
+        digits_dir, digits_checkpoint, tmp_path):
+    import network
+    from spos.checkpoint import save_weights
+
+    model = network.ShuffleNetV2OneShot(input_size=32, n_classes=10, channel_search=True)
+    save_weights(str(tmp_path / "channel"), 1, model.state_dict(), model.options())
+    genes = ARCH + (6, 5, 3, 5, 2, 6, 3, 4, 2, 5, 7, 5, 4, 6, 7, 4, 4, 5, 4, 3)
+    arch_file = tmp_path / "arch.json"
+    write_architecture(str(arch_file), genes)
+    done = subprocess.run([sys.executable, "tester.py", *digits_args(digits_dir, str(tmp_path / "channel")),
+                           "--fixed-arc", str(arch_file)], cwd=REPO, env=TRIAL_ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tuple(result["architecture"]) == genes and 0.0 <= result["accuracy"] <= 1.0
+    assert result["flops"] == model.get_candidate_flops(genes)
+    assert tester.candidate_from_parameters({**{f"LayerChoice{i + 1}": {"_value": str(c), "_idx": c}
+                                                for i, c in enumerate(ARCH)},
+                                             **{f"ChannelChoice{i + 1}": {"_value": "1.4", "_idx": 6}
+                                                for i in range(20)}}) == ARCH + (6,) * 20
+    refused = subprocess.run([sys.executable, "tester.py", *digits_args(digits_dir, os.path.dirname(digits_checkpoint)),
+                              "--fixed-arc", str(arch_file)], cwd=REPO, env=TRIAL_ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "trained without channel search" in refused.stderr.strip().splitlines()[-1]
