@@ -15,6 +15,8 @@ processes.
   project, passive                 the same with OMP_WAIT_POLICY=PASSIVE (idle threads sleep at once)
   project, all cores               the same with a compute thread per core (OMP_NUM_THREADS)
   project, all cores, passive      both
+  project, channel search          supernet.py --channel-search: blocks of 1.6x the middle channels, each step's
+                                   path a block and a width per layer (the first channels of each block)
 Every run draws the same FLOPs-binned paths and reads the same digits batches (the project's DALI loader, as
 supernet.py reads them); the time counted is each step's, from its batch to the optimizer's update, after 10
 warm-up steps. Synthetic in-memory batches (--synthetic) leave the loader out.
@@ -34,7 +36,7 @@ from report import emit, markdown_table  # noqa: E402
 
 from utils import UserError, run_main  # noqa: E402
 
-IMPLEMENTATIONS = ("yardstick", "project")
+IMPLEMENTATIONS = ("yardstick", "project", "project_channels")
 # row name: (implementation, environment it runs in; None: with no OpenMP variables at all, a plain script's)
 SETTINGS = {
     "yardstick": ("yardstick", None),
@@ -42,6 +44,7 @@ SETTINGS = {
     "project, passive": ("project", {"OMP_WAIT_POLICY": "PASSIVE"}),
     "project, all cores": ("project", {"OMP_NUM_THREADS": "{cores}"}),
     "project, all cores, passive": ("project", {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "{cores}"}),
+    "project, channel search": ("project_channels", None),
 }
 
 
@@ -70,7 +73,8 @@ def measure(args):
 
     torch.manual_seed(0)
     torch.set_flush_denormal(True)
-    supernet = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=10)
+    supernet = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=10,
+                                   channel_search=args.run == "project_channels")
     sampler = FlopsBinnedSampler(supernet, random.Random(0))
     paths = [sampler() for _ in range(args.steps + 10)]
     if args.synthetic:

@@ -185,7 +185,7 @@ def test_bench_train_step_runs_each_setting_in_its_own_environment(small_digits,
     assert "1 busy processes beside it" in text
     rows = {row[0]: row for row in table_rows(text) if row[0] != "run"}
     assert set(rows) == {"yardstick", "project", "project, passive", "project, all cores",
-                         "project, all cores, passive"}
+                         "project, all cores, passive", "project, channel search"}
     # a plain script computes on torch's default threads; supernet.py leaves one core to its loader
     cores = len(os.sched_getaffinity(0))
     assert int(rows["yardstick"][1]) >= 1 and rows["project"][1] == str(max(1, cores - 1))
