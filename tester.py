@@ -6,7 +6,8 @@ evaluate the candidate on val (reported as an intermediate result), recalibrate 
 
 Five ways to run it:
   nnictl ss_gen -t "python tester.py"          writes nni_auto_gen_search_space.json and exits
-                                               (needs no checkpoint, data or GPU)
+                                               (needs no data or GPU; with channel choices when its
+                                               --checkpoint was trained with --channel-search)
   nnictl create --config config_search.yml     one trial per candidate from tuner.EvolutionWithFlops
   python tester.py --fixed-arc FILE            one architecture, standalone: prints its accuracy
   python tester.py --random-paths 20           how well the supernet learned: the mean accuracy of 20 random
