@@ -296,7 +296,7 @@ def test_from_another_folder_the_default_architecture_is_the_projects_unless_the
     write(tmp_path / "architecture_final.json", [3] * 20)  # the working folder's own comes first
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "architecture architecture_final.json: 3,3,3" in result.stderr
+    assert "architecture architecture_final.json: 3 3 3" in result.stderr
     assert "does not fit this network" in result.stderr
 
 

@@ -81,7 +81,7 @@ def test_the_warm_start_runs_once_and_the_weights_carry_the_network_options(smal
     assert "0 of 1 epochs done" in resumed.stderr and "warm start" not in resumed.stderr
     weights = torch.load(output_dir / "epoch_1.pth.tar", weights_only=True)
     assert weights["network"] == {"input_size": 32, "first_conv_channels": 16, "last_conv_channels": 1024,
-                                  "n_classes": 10, "affine": False}
+                                  "n_classes": 10, "affine": False, "channel_search": False}
     assert input_size_of(str(output_dir / "epoch_1.pth.tar")) == 32
     assert input_size_of(str(output_dir / "epoch_1.pth.tar"), requested=64) == 64
 
@@ -149,7 +149,8 @@ def test_weight_decay_on_conv_and_linear_weights_only_and_linear_lr_decay():
     optimizer = make_optimizer(model, 0.5, 0.9, 4e-5)
     decayed, not_decayed = optimizer.param_groups
     assert decayed["weight_decay"] == 4e-5 and not_decayed["weight_decay"] == 0
-    kinds = {id(m.weight): nn.Conv2d if isinstance(m, nn.Conv2d) else type(m)  # PointwiseConv2d is a Conv2d
+    # PointwiseConv2d is a Conv2d, SliceableBatchNorm2d a BatchNorm2d
+    kinds = {id(m.weight): next(kind for kind in (nn.Conv2d, nn.BatchNorm2d, type(m)) if isinstance(m, kind))
              for m in model.modules() if hasattr(m, "weight")}
     assert {kinds[id(p)] for p in decayed["params"]} == {nn.Conv2d, nn.Linear}
     assert {kinds.get(id(p), "bias") for p in not_decayed["params"]} == {nn.BatchNorm2d, "bias"}
