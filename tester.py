@@ -26,6 +26,7 @@ _MODULE_STARTED = time.time()
 
 from spos.options import OFFICIAL_CHECKPOINT  # noqa: E402
 from spos.search_space import write_search_space  # noqa: E402
+from utils import run_main  # noqa: E402
 
 SEARCH_SPACE_ENV = "NNI_GEN_SEARCH_SPACE"
 
@@ -49,7 +50,8 @@ def generate_search_space(path, argv):
 
 # `nnictl ss_gen` runs the trial command with NNI_GEN_SEARCH_SPACE set: answer before the heavy imports.
 if __name__ == "__main__" and os.environ.get(SEARCH_SPACE_ENV):
-    sys.exit(generate_search_space(os.environ[SEARCH_SPACE_ENV], sys.argv[1:]))
+    # a checkpoint that cannot be read ends in one line, as in every other step
+    run_main(lambda: sys.exit(generate_search_space(os.environ[SEARCH_SPACE_ENV], sys.argv[1:])))
 
 # Before torch loads OpenMP: trials share the cores by design (several at a time, each with its loader), and
 # spinning OpenMP threads starve the others' (README, Performance).
@@ -67,7 +69,7 @@ from spos.options import (add_data_arguments, add_performance_arguments, parse_a
                           project_file)
 from spos.scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet,  # noqa: E402
                           log_scoring_data, random_legal_paths, resolve_checkpoint)
-from utils import UserError, logger, run_main, setup_logging  # noqa: E402
+from utils import UserError, logger, setup_logging  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,6 +1,7 @@
 """spos/search_space.py: the search space `nnictl ss_gen` writes, without importing torch."""
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -65,3 +66,14 @@ def test_ss_gen_writes_channel_choices_for_a_channel_search_supernet(tmp_path):
         space = json.loads(target.read_text())
         assert len(space) == keys and list(space) == sorted(space)
         assert ("ChannelChoice20" in space) == (keys == 40)
+
+
+def test_ss_gen_with_an_unreadable_checkpoint_says_so_in_one_line(tmp_path):
+    broken = tmp_path / "epoch_1.pth.tar"
+    broken.write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, "tester.py", "--checkpoint", str(broken)], cwd=REPO,
+                          env={**TRIAL_ENV, "NNI_GEN_SEARCH_SPACE": str(tmp_path / "space.json")},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and str(broken) in done.stderr
+    assert not (tmp_path / "space.json").exists()
