@@ -34,11 +34,11 @@ def scaled_mid_channels(base_mid, scale_id):
     return int(base_mid * CHANNEL_SCALES[scale_id])
 
 
-def layer_specs(input_size, first_conv_channels=16):
+def layer_specs(input_size, first_conv_channels=16, small_input=False):
     """(inp, oup, mid_channels, stride, input feature map size) of each of the 20 choice layers, ``mid_channels``
     the unscaled (block search) width."""
     specs = []
-    in_channels, fm_size = first_conv_channels, input_size // 2
+    in_channels, fm_size = first_conv_channels, input_size // stem_stride(small_input)
     for repeats, out_channels in zip(STAGE_REPEATS, STAGE_OUT_CHANNELS):
         for i in range(repeats):
             if i == 0:
@@ -48,6 +48,12 @@ def layer_specs(input_size, first_conv_channels=16):
                 specs.append((out_channels // 2, out_channels, out_channels // 2, 1, fm_size))
         in_channels = out_channels
     return specs
+
+
+def stem_stride(small_input):
+    """The first conv's stride: 2 (Megvii's), or 1 for small inputs, so that at 32x32 the five stages run on 32..2
+    maps instead of 16..1, where a 5x5 or 7x7 kernel sees mostly padding (SPEC section 14; CIFAR ports do this)."""
+    return 1 if small_input else 2
 
 
 def _count_macs(module, input_shape):
@@ -96,10 +102,12 @@ class ShuffleNetV2OneShot(nn.Module):
     (only the chosen blocks exist, at the chosen widths, and ``model(x)`` runs them). An architecture is 20 block
     choices, or with channel search 40 genes: 20 blocks, then 20 scale indices into CHANNEL_SCALES (see
     ``split_architecture``). ``channel_search``: the supernet's blocks hold the widest (1.6x) middle channels and
-    a path takes a block and a scale per layer, using the first channels of that block."""
+    a path takes a block and a scale per layer, using the first channels of that block. ``small_input``: a
+    stride-1 first conv (``stem_stride``): the same weights' shapes, 4x the compute; no official checkpoint has it."""
 
     def __init__(self, input_size=224, first_conv_channels=16, last_conv_channels=1024, n_classes=1000,
-                 op_flops_path="./data/op_flops_dict.pkl", affine=False, architecture=None, channel_search=False):
+                 op_flops_path="./data/op_flops_dict.pkl", affine=False, architecture=None, channel_search=False,
+                 small_input=False):
         super().__init__()
         if input_size <= 0 or input_size % 32 != 0:
             raise UserError(f"input size must be a positive multiple of 32, got {input_size}")
@@ -110,12 +118,13 @@ class ShuffleNetV2OneShot(nn.Module):
         self.op_flops_path = op_flops_path
         self.architecture = None if architecture is None else validate_architecture(architecture)
         self.channel_search = bool(channel_search) and self.architecture is None
-        self._layer_specs = layer_specs(input_size, first_conv_channels)
+        self.small_input = bool(small_input)
+        self._layer_specs = layer_specs(input_size, first_conv_channels, self.small_input)
         self._flops_table = None  # block search: from Megvii's table when present
         self._channel_flops_table = None  # every (block, scale), counted
 
         self.first_conv = nn.Sequential(
-            nn.Conv2d(3, first_conv_channels, 3, 2, 1, bias=False),
+            nn.Conv2d(3, first_conv_channels, 3, stem_stride(self.small_input), 1, bias=False),
             nn.BatchNorm2d(first_conv_channels, affine=affine),
             nn.ReLU(inplace=True),
         )
@@ -145,7 +154,8 @@ class ShuffleNetV2OneShot(nn.Module):
         checkpoints record so that a later step builds the same network without being told."""
         return {"input_size": self.input_size, "first_conv_channels": self.first_conv_channels,
                 "last_conv_channels": self.last_conv_channels, "n_classes": self.n_classes,
-                "affine": self.first_conv[1].affine, "channel_search": self.channel_search}
+                "affine": self.first_conv[1].affine, "channel_search": self.channel_search,
+                "small_input": self.small_input}
 
     @property
     def is_supernet(self):
@@ -217,7 +227,8 @@ class ShuffleNetV2OneShot(nn.Module):
     def _get_flops_table(self):
         """(stem, per layer {(block, scale): FLOPs}, last conv and classifier) for the unscaled blocks."""
         if self._flops_table is None:
-            if self.op_flops_path and os.path.exists(self.op_flops_path):
+            # Megvii's table holds the stride-2 stem's feature maps only
+            if self.op_flops_path and os.path.exists(self.op_flops_path) and not self.small_input:
                 self._flops_table = self._flops_from_file(self.op_flops_path)
             else:
                 self._flops_table = self._flops_computed((UNSCALED,))
@@ -231,7 +242,7 @@ class ShuffleNetV2OneShot(nn.Module):
 
     def _flops_computed(self, scale_ids):
         with torch.device("cpu"):
-            stem = _count_macs(nn.Conv2d(3, self.first_conv_channels, 3, 2, 1, bias=False),
+            stem = _count_macs(nn.Conv2d(3, self.first_conv_channels, 3, stem_stride(self.small_input), 1, bias=False),
                                (1, 3, self.input_size, self.input_size))
             block_macs = {}  # the layers of a stage after its first have the same shapes: count each once
             for spec in self._layer_specs:
@@ -243,7 +254,7 @@ class ShuffleNetV2OneShot(nn.Module):
                                             (1, inp * (3 - stride), fm, fm))
                         for c in range(NUM_CHOICES) for s in scale_ids}
             per_layer = [block_macs[spec] for spec in self._layer_specs]
-            fm = self.input_size // 32
+            fm = self._layer_specs[-1][4]
             rest = (_count_macs(nn.Conv2d(STAGE_OUT_CHANNELS[-1], self.last_conv_channels, 1, bias=False),
                                 (1, STAGE_OUT_CHANNELS[-1], fm, fm))
                     + _count_macs(nn.Linear(self.last_conv_channels, self.n_classes, bias=False),
@@ -274,7 +285,8 @@ class ShuffleNetV2OneShot(nn.Module):
 
 
 # what ShuffleNetV2OneShot.options() records, the arguments that rebuild the same network
-NETWORK_OPTIONS = ("input_size", "first_conv_channels", "last_conv_channels", "n_classes", "affine", "channel_search")
+NETWORK_OPTIONS = ("input_size", "first_conv_channels", "last_conv_channels", "n_classes", "affine", "channel_search",
+                   "small_input")
 
 
 def path_network(supernet, architecture):
@@ -287,7 +299,7 @@ def path_network(supernet, architecture):
         net = ShuffleNetV2OneShot(input_size=supernet.input_size, first_conv_channels=supernet.first_conv_channels,
                                   last_conv_channels=supernet.last_conv_channels, n_classes=supernet.n_classes,
                                   op_flops_path=supernet.op_flops_path, affine=supernet.first_conv[1].affine,
-                                  architecture=architecture)
+                                  architecture=architecture, small_input=supernet.small_input)
     # clones keep the memory format; only the chosen blocks are read
     chosen = {}
     for name in ("first_conv", "conv_last", "classifier"):
@@ -415,7 +427,14 @@ def read_checkpoint(filepath):
 
 def load_weights(model, filepath):
     """Load a checkpoint strictly into ``model``, with one clear message when it belongs to another net."""
-    return load_state_dict_checked(model, load_and_parse_state_dict(filepath), filepath)
+    state_dict, options = read_checkpoint(filepath)
+    trained_small = bool((options or {}).get("small_input"))
+    if trained_small != model.small_input:  # same shapes, so the strict load would not notice
+        source = "an official checkpoint (no network options)" if options is None else "its network options"
+        raise UserError(f"{filepath}: trained with a stride-{stem_stride(trained_small)} first conv ({source}), "
+                        f"but this network has a stride-{stem_stride(model.small_input)} one "
+                        f"({'with' if model.small_input else 'without'} --small-input): refused")
+    return load_state_dict_checked(model, state_dict, filepath)
 
 
 def load_state_dict_checked(model, state_dict, filepath):

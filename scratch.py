@@ -23,7 +23,7 @@ from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_thre
 from spos.loops import evaluate, train_one_epoch
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
 from spos.options import (add_data_arguments, add_optimisation_arguments, add_performance_arguments,
-                          parse_args_with_recipe, project_file)
+                          add_small_input_argument, parse_args_with_recipe, project_file)
 from utils import UserError, accuracy, logger, run_main, save_args, setup_logging
 
 STATE_FILE = "training_state.pth.tar"
@@ -38,7 +38,7 @@ def parse_args(argv=None):
                              "ChannelChoice1..20 (or Megvii's {\"architecture\": [...], \"scale_ids\": [...]}) a "
                              "block + channel net "
                              f"(default: {DEFAULT_ARCHITECTURE} of the working folder, else the project's own)")
-    add_data_arguments(parser, workers=4)
+    add_small_input_argument(add_data_arguments(parser, workers=4))
     group = add_optimisation_arguments(parser, batch_size=1024, epochs=240)
     group.add_argument("--lr-decay", choices=("linear", "cosine"), default="linear",
                        help="per step, to 0 at the end of the last epoch")
@@ -92,7 +92,7 @@ def train(args, architecture, context):
                 train_loader.backend, len(train_loader), context.world_size, device.type, batch_size)
 
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=True,
-                                architecture=architecture)
+                                architecture=architecture, small_input=args.small_input)
     log_architecture(args.architecture, architecture, model)
     prepare_model(model, device, args.channels_last)
     autocast_dtype = compute_dtype(args.precision, device)
@@ -109,7 +109,7 @@ def train(args, architecture, context):
     state_path = os.path.join(args.output_dir, STATE_FILE)
     # what a saved state must have been trained for to be continued: this net, the same data and steps an epoch
     identity = {"architecture": list(architecture), "dataset": describe_dataset(train_loader),
-                "--batch-size": args.batch_size}
+                "--batch-size": args.batch_size, "--small-input": args.small_input}
     if args.resume:
         state = resume_training(args.output_dir, STATE_FILE, args.epochs, model, optimizer, scheduler,
                                 expect=identity, repair=context.is_main)
@@ -147,7 +147,7 @@ def train(args, architecture, context):
                 writer.add_scalar("acc1/test", val_stats["top1"], global_step=epoch)
                 writer.add_scalar("acc5/test", val_stats["top5"], global_step=epoch)
                 writer.flush()
-                save_weights(args.output_dir, epoch + 1, model.state_dict())
+                save_weights(args.output_dir, epoch + 1, model.state_dict(), model.options())
             distributed.barrier(context)
             logger.info("Epoch [%d/%d] done in %.1f s: train loss %.4f top1 %.4f (%.0f img/s) | "
                         "val loss %.4f top1 %.4f top5 %.4f | saved epoch_%d.pth.tar",
@@ -206,20 +206,21 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def architecture_flops(architecture, input_size, n_classes):
+def architecture_flops(architecture, input_size, n_classes, small_input=False):
     """FLOPs of the from-scratch net: from NNI's table when it covers this size, computed otherwise."""
     with torch.device("meta"):  # shapes only: nothing is allocated
-        net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=True, architecture=architecture)
+        net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=True, architecture=architecture,
+                                  small_input=small_input)
         try:
             return net.get_candidate_flops(), net
         except UserError:  # the table only holds the sizes it was made for
             net = ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=True,
-                                      architecture=architecture, op_flops_path=None)
+                                      architecture=architecture, op_flops_path=None, small_input=small_input)
             return net.get_candidate_flops(), net
 
 
 def log_architecture(path, architecture, model):
-    flops, _ = architecture_flops(architecture, model.input_size, model.n_classes)
+    flops, _ = architecture_flops(architecture, model.input_size, model.n_classes, model.small_input)
     paper_flops, paper_net = architecture_flops(architecture, PAPER_INPUT_SIZE, PAPER_CLASSES)
     logger.info("architecture %s: %s", path, format_choices(architecture))
     logger.info("FLOPs %.2fM at %dx%d and %d classes (%.1fM at %dx%d and %d classes, as the paper counts)",
@@ -238,7 +239,7 @@ def evaluate_checkpoint(args, architecture):
         classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")) or None
     val_loader = make_loader(args, "val", device, classes=classes)
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=val_loader.num_classes, affine=True,
-                                architecture=architecture)
+                                architecture=architecture, small_input=args.small_input)
     logger.info("architecture %s: %s", args.architecture, format_choices(architecture))
     load_weights(model, args.evaluate)
     prepare_model(model, device, args.channels_last)

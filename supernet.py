@@ -23,7 +23,7 @@ from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_thre
 from spos.loops import evaluate, train_one_epoch
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
 from spos.options import (OFFICIAL_CHECKPOINT, add_data_arguments, add_optimisation_arguments,
-                          add_performance_arguments, parse_args_with_recipe)
+                          add_performance_arguments, add_small_input_argument, parse_args_with_recipe)
 from utils import UserError, logger, run_main, save_args, setup_logging
 
 STATE_FILE = "training_state.pth.tar"
@@ -31,7 +31,7 @@ STATE_FILE = "training_state.pth.tar"
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_arguments(parser, workers=4)
+    add_small_input_argument(add_data_arguments(parser, workers=4))
     add_optimisation_arguments(parser, batch_size=768, epochs=120)
     group = parser.add_argument_group("search space")
     group.add_argument("--channel-search", action="store_true", default=False,
@@ -93,7 +93,7 @@ def train(args, context):
                 train_loader.backend, len(train_loader), context.world_size, device.type, batch_size)
 
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=train_loader.num_classes, affine=False,
-                                channel_search=args.channel_search)
+                                channel_search=args.channel_search, small_input=args.small_input)
     if args.load_checkpoint:
         if not args.spos_preprocessing:
             logger.warning("official checkpoints expect --spos-preprocessing")
@@ -118,7 +118,8 @@ def train(args, context):
     state_path = os.path.join(args.output_dir, STATE_FILE)
     # what a saved state must have been trained on to be continued: the same data, the same steps an epoch
     identity = {"dataset": describe_dataset(train_loader), "--batch-size": args.batch_size,
-                "--warm-start-steps": args.warm_start_steps, "--channel-search": args.channel_search}
+                "--warm-start-steps": args.warm_start_steps, "--channel-search": args.channel_search,
+                "--small-input": args.small_input}
     extra = {**identity, "network": model.options()}
     if args.resume:
         state = resume_training(args.output_dir, STATE_FILE, args.epochs, model, optimizer, scheduler,

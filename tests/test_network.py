@@ -504,3 +504,26 @@ def test_channel_checkpoint_round_trip(tmp_path):
     with pytest.raises(UserError, match="does not fit this network"):
         load_weights(ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE),
                      str(tmp_path / "epoch_1.pth.tar"))
+
+
+def test_small_input_runs_every_stage_on_maps_twice_as_large_with_the_same_weights():
+    """A stride-1 first conv: at 32x32 the stages run on 32..2 maps (16..1 with Megvii's stem); the weights are
+    the same tensors, and FLOPs are counted for it (4x in the blocks), as torch's counter counts them on meta."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    architecture = [0, 1, 2, 3] * 5
+    small = ShuffleNetV2OneShot(input_size=32, n_classes=10, architecture=architecture, small_input=True)
+    plain = ShuffleNetV2OneShot(input_size=32, n_classes=10, architecture=architecture)
+    assert [spec[4] for spec in layer_specs(32, small_input=True)][::4] == [32, 16, 8, 4, 4]
+    assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    sizes = []
+    hooks = [small.features[i].register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1])) for i in (0, 19)]
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for hook in hooks:
+        hook.remove()
+    assert sizes == [16, 2]
+    assert small.options()["small_input"] is True and plain.options()["small_input"] is False
+    with FlopCounterMode(display=False) as counter:
+        small.to("meta").eval()(torch.zeros(1, 3, 32, 32, device="meta"))
+    assert small.get_candidate_flops() == counter.get_total_flops() // 2
+    assert 3.5 < small.get_candidate_flops() / plain.get_candidate_flops() < 4.1

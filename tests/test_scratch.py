@@ -337,3 +337,25 @@ def test_a_block_and_channel_file_trains_from_scratch_with_its_widths(digits_dir
     net.load_state_dict(weights, strict=True)
     assert weights["features.0.branch_main.0.weight"].shape[0] == int(32 * 1.4)  # scale index 6: 1.4x of 32
     assert weights["features.0.branch_main.1.weight"] is not None  # affine BN
+
+
+def test_a_small_input_net_trains_saves_its_option_and_evaluates_only_as_one(small_digits, tmp_path):
+    output_dir = str(tmp_path / "out")
+    result = scratch("--fixed-arc", FINAL, "--imagenet-dir", str(small_digits), "--epochs", "1", "--output-dir",
+                     output_dir, "--tb-dir", str(tmp_path / "runs"), "--small-input", *DIGITS_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain_flops = ShuffleNetV2OneShot(input_size=32, n_classes=10, architecture=FINAL_CHOICES,
+                                      op_flops_path=None).get_candidate_flops()
+    small_flops = float(re.search(r"FLOPs ([\d.]+)M at 32x32", result.stderr).group(1)) * 1e6
+    assert 3.5 < small_flops / plain_flops < 4.1  # every map twice as large
+    assert "(322.9M at 224x224 and 1000 classes" in result.stderr  # the paper's count is of the paper's net
+    weights = os.path.join(output_dir, "epoch_1.pth.tar")
+    assert torch.load(weights, weights_only=True)["network"]["small_input"] is True
+    evaluated = scratch("--evaluate", weights, "--fixed-arc", FINAL, "--imagenet-dir", str(small_digits),
+                        "--small-input", *DIGITS_ARGS)
+    assert evaluated.returncode == 0 and "100 val images" in evaluated.stdout, evaluated.stderr[-2000:]
+    refused = scratch("--evaluate", weights, "--fixed-arc", FINAL, "--imagenet-dir", str(small_digits),
+                      *DIGITS_ARGS)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{weights}: trained with a stride-1 first conv (its network options), but this network has a " \
+           "stride-2 one (without --small-input): refused" in refused.stderr

@@ -238,3 +238,31 @@ def test_resume_of_a_1000_class_state_on_10_classes_exits_2_naming_it(small_digi
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = error_lines(result)
     assert "training_state.pth.tar: the saved network does not fit this run (size mismatch" in line
+
+
+def test_an_official_checkpoint_is_refused_with_small_input_in_one_line(small_digits, tmp_path):
+    """Megvii's files (no network options) were trained with the stride-2 first conv; the shapes of a stride-1 net
+    are the same, so only the recorded options can tell: refused before any training, nothing written."""
+    model = ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE)
+    checkpoint = tmp_path / "checkpoint-150000.pth.tar"
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, checkpoint)
+    result = run_script(*run_args(small_digits, tmp_path / "out", 1), "--small-input", "--load-checkpoint",
+                        str(checkpoint), "--spos-preprocessing")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = error_lines(result)
+    assert (f"{checkpoint}: trained with a stride-2 first conv (an official checkpoint (no network options)), but "
+            "this network has a stride-1 one (with --small-input): refused") in line
+    assert not os.path.exists(tmp_path / "out" / "epoch_1.pth.tar")
+
+
+def test_a_small_input_supernet_trains_records_the_option_and_loads_only_as_one(small_digits, tmp_path):
+    history = supernet.main(run_args(small_digits, tmp_path, 1, "--small-input"))
+    assert [h["epoch"] for h in history] == [1] and math.isfinite(history[0]["train"]["loss"])
+    weights = str(tmp_path / "epoch_1.pth.tar")
+    assert torch.load(weights, weights_only=True)["network"]["small_input"] is True
+    model = ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE, small_input=True)
+    load_weights(model, weights)
+    with pytest.raises(UserError, match="trained with a stride-1 first conv .its network options., but this "
+                                        "network has a stride-2 one .without --small-input.: refused"):
+        load_weights(ShuffleNetV2OneShot(input_size=32, n_classes=10, op_flops_path=NO_TABLE), weights)
