@@ -17,16 +17,14 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import yaml
 
 from spos.architecture import format_choices, load_architecture
+from spos.nni_experiment import NNI_GAVE_UP, create_experiment, experiment_status, nnictl_env, stop_experiment
 from spos.options import RECIPE_FILE
 from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state, read_table, summarize
 from utils import UserError
@@ -34,14 +32,9 @@ from utils import UserError
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
 SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
-# NNI's states of an experiment that will run no more trials of this search
-NNI_GAVE_UP = ("ERROR", "STOPPED")
 # written into the output folder, so that a rerun only ever replaces a folder an earlier demo wrote
 DEMO_MARKER = ".spos_demo_output"
 DEFAULT_OUTPUT = os.path.join(ROOT, "demo_output")  # gitignored, and earlier demos wrote it without the marker
-# nnictl imports setuptools' pkg_resources, which warns that it is deprecated: NNI's to fix, harmless, and
-# nothing the user can act on, so the steps' children filter it (a PYTHONWARNINGS entry)
-PKG_RESOURCES_WARNING = "ignore:pkg_resources is deprecated"
 
 
 def parse_args(argv=None):
@@ -74,9 +67,7 @@ class Demo:
         self.experiment_id = None
         self.search_state = None  # the tuner's search_state.json once the search finished
         self.timings = {}
-        warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), PKG_RESOURCES_WARNING]))
-        self.env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                        PYTHONUNBUFFERED="1", PYTHONWARNINGS=warnings)
+        self.env = nnictl_env()
 
     def run(self, name, command, log_name):
         """Run one step as a child process, its output teed to demo_output/logs/<log_name>."""
@@ -108,8 +99,7 @@ class Demo:
 
     def stop_experiment(self):
         if self.experiment_id:
-            subprocess.run(["nnictl", "stop", self.experiment_id], cwd=ROOT, env=self.env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+            stop_experiment(self.experiment_id, self.env, ROOT)
             print(f"stopped NNI experiment {self.experiment_id}", flush=True)
             self.experiment_id = None
 
@@ -212,27 +202,13 @@ class Demo:
         with open(config_path, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
 
-        port = self.args.port or free_port()
         name = "search"
-        print(f"\n=== {name}\n$ nnictl create --config {shown(config_path)} --port {port}\n"
-              f"  NNI's web UI listens on every interface at port {port} while the search runs", flush=True)
+        print(f"\n=== {name}\n$ nnictl create --config {shown(config_path)}", flush=True)
         started = time.perf_counter()
-        # nnictl gives NNI's web server about 3 s to come up; on a busy machine that can be too short
-        for attempt in range(3):
-            created = subprocess.run(["nnictl", "create", "--config", config_path, "--port", str(port)], cwd=ROOT,
-                                     env=self.env, capture_output=True, text=True, timeout=300)
-            with open(os.path.join(self.out, "logs", "nnictl_create.log"), "a") as f:
-                f.write(created.stdout + created.stderr)
-            output = re.sub(r"\x1b\[[0-9;]*m", "", created.stdout + created.stderr)  # nnictl colours its output
-            found = re.search(r"Experiment ID:\s*([A-Za-z0-9]+)", output)
-            self.experiment_id = found.group(1) if found else None
-            if created.returncode == 0 and found:
-                break
-            self.stop_experiment()
-            if attempt == 2 or "Create experiment failed" not in output:
-                raise UserError(f"nnictl create failed; see {os.path.join(self.out, 'logs', 'nnictl_create.log')}")
-            port = self.args.port or free_port()
-            print(f"  NNI's web server did not come up in time; trying again on port {port}", flush=True)
+        self.experiment_id, port = create_experiment(config_path, os.path.join(self.out, "logs", "nnictl_create.log"),
+                                                     self.env, ROOT, self.args.port)
+        print(f"  experiment {self.experiment_id}: NNI's web UI listens on every interface at port {port} while the "
+              f"search runs", flush=True)
         search_dir = os.path.join(self.out, "nni-experiments", self.experiment_id, "log", EXPORT_DIR)
         state_path = os.path.join(search_dir, STATE_FILE)
         state, status, last_line = None, None, None
@@ -277,20 +253,6 @@ def shown(path):
     """A path as the user would type it: relative inside the project, absolute outside it."""
     relative = os.path.relpath(path, ROOT)
     return path if relative.startswith(os.pardir) else relative
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def experiment_status(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/nni/check-status", timeout=10) as response:
-            return json.load(response).get("status")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
 
 
 def count_rows(table):

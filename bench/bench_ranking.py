@@ -127,10 +127,17 @@ def finished_accuracy(run_dir, epochs):
     return state["history"][-1][0] if state["epoch"] >= epochs and state.get("history") else None
 
 
-def run_stand_alone(args, runs, jobs, device_count):
-    """scratch.py for each (architecture file, seed, run folder) not finished yet, ``jobs`` at a time."""
+def scratch_arguments(args, architecture_file, seed, run_dir):
+    """scratch.py and its flags for one stand-alone run (resumed where an earlier one stopped)."""
     import shlex
 
+    return [os.path.join(ROOT, "scratch.py"), "--fixed-arc", architecture_file, "--imagenet-dir", args.imagenet_dir,
+            "--epochs", str(args.epochs), "--seed", str(seed), "--output-dir", run_dir, "--tb-dir",
+            os.path.join(run_dir, "tb"), "--resume", *shlex.split(args.scratch_args)]
+
+
+def run_stand_alone(args, runs, jobs, device_count):
+    """scratch.py for each (architecture file, seed, run folder) not finished yet, ``jobs`` at a time."""
     pending = [run for run in runs if finished_accuracy(run[2], args.epochs) is None]
     print(f"stand-alone runs: {len(runs) - len(pending)} of {len(runs)} finished earlier, {len(pending)} to run, "
           f"{jobs} at a time", file=sys.stderr, flush=True)
@@ -144,11 +151,8 @@ def run_stand_alone(args, runs, jobs, device_count):
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
             if device_count:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            command = [sys.executable, os.path.join(ROOT, "scratch.py"), "--fixed-arc", architecture_file,
-                       "--imagenet-dir", args.imagenet_dir, "--epochs", str(args.epochs), "--seed", str(seed),
-                       "--output-dir", run_dir, "--tb-dir", os.path.join(run_dir, "tb"), "--resume",
-                       *shlex.split(args.scratch_args)]
             log = open(os.path.join(run_dir, "stdout.log"), "a")
+            command = [sys.executable, *scratch_arguments(args, architecture_file, seed, run_dir)]
             running.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
                             log, run_dir, slot))
         time.sleep(0.5)

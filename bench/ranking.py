@@ -1,5 +1,6 @@
-"""Kendall tau, Spearman rho and top-k overlap: the statistics of bench_ranking.py, in plain Python (tested
-against scipy's), with bootstrap intervals over the architectures."""
+"""The statistics of bench_ranking.py and bench/reproduce.py, in plain Python (tested against scipy's where scipy
+has them): Kendall tau, Spearman rho, top-k overlap, the seed-to-seed tau of stand-alone runs, an architecture's
+percentile among others, with bootstrap intervals (over the architectures, and over each one's seeds)."""
 import math
 import random
 
@@ -61,16 +62,65 @@ def top_k_overlap(x, y, k):
 def bootstrap_interval(statistic, x, y, resamples=2000, level=0.95, seed=0):
     """Percentile interval of ``statistic(x, y)`` over resamplings of the pairs (with replacement); resamples
     where it is undefined (all values tied) are left out."""
+    pairs = list(zip(x, y))
+    return bootstrap(lambda rng: statistic(*zip(*resample(rng, pairs))), resamples, level, seed)
+
+
+def bootstrap(draw, resamples=2000, level=0.95, seed=0):
+    """Percentile interval of ``draw(rng)``, one value of the statistic on data resampled with ``rng`` per call;
+    nan values (the statistic undefined on that resample) are left out."""
     rng = random.Random(seed)
-    n, values = len(x), []
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        value = statistic([x[i] for i in picks], [y[i] for i in picks])
-        if not math.isnan(value):
-            values.append(value)
+    values = sorted(v for v in (draw(rng) for _ in range(resamples)) if not math.isnan(v))
     if not values:
         return math.nan, math.nan
-    values.sort()
     low = values[int((1 - level) / 2 * (len(values) - 1))]
     high = values[int((1 + level) / 2 * (len(values) - 1))]
     return low, high
+
+
+def resample(rng, items):
+    """As many of ``items`` as there are, drawn with replacement."""
+    return [items[rng.randrange(len(items))] for _ in items]
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def seed_to_seed_tau(accuracies):
+    """The mean over pairs of seeds (i < j) of Kendall tau between seed i's and seed j's accuracies of the
+    architectures (``accuracies[a][s]``: architecture a, seed s): how well one run's ranking predicts another's,
+    the ceiling for any predictor of one run. nan with fewer than two seeds."""
+    seeds = min(len(a) for a in accuracies)
+    taus = [kendall_tau([a[i] for a in accuracies], [a[j] for a in accuracies])
+            for i in range(seeds) for j in range(i + 1, seeds)]
+    taus = [t for t in taus if not math.isnan(t)]
+    return mean(taus) if taus else math.nan
+
+
+def seed_to_seed_interval(accuracies, **kwargs):
+    """Bootstrap interval of ``seed_to_seed_tau`` over the architectures."""
+    return bootstrap(lambda rng: seed_to_seed_tau(resample(rng, accuracies)), **kwargs)
+
+
+def percentile(value, others):
+    """The share (%) of ``others`` below ``value``, ties counting half: 100 when it beats them all."""
+    below = sum(o < value for o in others) + 0.5 * sum(o == value for o in others)
+    return 100 * below / len(others)
+
+
+def percentile_interval(runs, others_runs, **kwargs):
+    """Bootstrap interval of ``percentile(mean(runs), [mean(r) for r in others_runs])``, resampling the others
+    (the architectures) and, within each architecture, its seeds: both the draw of architectures and the seed
+    noise of every stand-alone mean are in it."""
+    def draw(rng):
+        return percentile(mean(resample(rng, runs)), [mean(resample(rng, r)) for r in resample(rng, others_runs)])
+    return bootstrap(draw, **kwargs)
+
+
+def difference_interval(runs, other_runs, **kwargs):
+    """Bootstrap interval of ``mean(runs) - mean(other_runs)`` over the seeds of each (nan with one seed each:
+    a single run says nothing about its own noise)."""
+    if len(runs) < 2 and len(other_runs) < 2:
+        return math.nan, math.nan
+    return bootstrap(lambda rng: mean(resample(rng, runs)) - mean(resample(rng, other_runs)), **kwargs)

@@ -45,17 +45,19 @@ def network_options_of(checkpoint):
     return read_checkpoint(checkpoint)[1] or {}
 
 
-def random_legal_paths(count, flops_limit, seed, channel_search=False):
+def random_legal_paths(count, flops_limit, seed, channel_search=False, min_flops=0):
     """``count`` distinct uniformly random paths (blocks and, with ``channel_search``, scales) with at most
-    ``flops_limit`` FLOPs (in the paper's units, as the search's limit), the same ones for the same seed."""
+    ``flops_limit`` FLOPs (in the paper's units, as the search's limit) and at least ``min_flops``, the same ones
+    for the same seed."""
     rng, paths = random.Random(seed), []
     for _ in range(1000 * count):
         path = random_architecture(rng, channel_search)
-        if path not in paths and paper_flops(path) <= flops_limit:
+        if path not in paths and min_flops <= paper_flops(path) <= flops_limit:
             paths.append(path)
             if len(paths) == count:
                 return paths
-    raise UserError(f"found only {len(paths)} of {count} random paths under {flops_limit / 1e6:.0f}M FLOPs")
+    band = f"between {min_flops / 1e6:.0f}M and" if min_flops else "under"
+    raise UserError(f"found only {len(paths)} of {count} random paths {band} {flops_limit / 1e6:.0f}M FLOPs")
 
 
 def load_supernet(checkpoint, input_size, n_classes, device=torch.device("cpu"), channels_last=True):

@@ -11,8 +11,8 @@ import time
 
 from conftest import REPO, venv_env
 
-import demo
 from spos.architecture import load_architecture
+from spos.nni_experiment import experiment_status, free_port
 
 DEMO_TIMEOUT_S = 900
 
@@ -26,11 +26,11 @@ def demo_command(output_dir, port, scratch_epochs=3):
 
 def assert_experiment_stopped(port):
     """NNI's REST server answers on the port until `nnictl stop` ends the experiment."""
-    assert demo.experiment_status(port) is None, f"an NNI experiment still answers on port {port}"
+    assert experiment_status(port) is None, f"an NNI experiment still answers on port {port}"
 
 
 def test_reduced_demo_runs_every_step_and_summarises(tmp_path):
-    port = demo.free_port()
+    port = free_port()
     done = subprocess.run(demo_command(tmp_path / "out", port), cwd=REPO, env=venv_env(), capture_output=True,
                           text=True, timeout=DEMO_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -71,7 +71,7 @@ def test_reduced_demo_runs_every_step_and_summarises(tmp_path):
 
 
 def test_ctrl_c_during_the_search_stops_the_experiment(tmp_path):
-    port = demo.free_port()
+    port = free_port()
     process = subprocess.Popen(demo_command(tmp_path / "out", port), cwd=REPO, env=venv_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []

@@ -53,6 +53,35 @@ def test_bootstrap_interval_holds_the_statistic_and_narrows_with_more_data():
     assert small_high - small_low > high - low
 
 
+def test_seed_to_seed_tau_is_the_mean_over_pairs_of_seeds():
+    consistent = [[0.1, 0.11, 0.12], [0.2, 0.21, 0.22], [0.3, 0.31, 0.32]]  # architecture x seed
+    assert ranking.seed_to_seed_tau(consistent) == 1.0
+    third_reversed = [[0.1, 0.11, 0.32], [0.2, 0.21, 0.22], [0.3, 0.31, 0.12]]
+    assert ranking.seed_to_seed_tau(third_reversed) == pytest.approx((1 - 1 - 1) / 3)
+    assert math.isnan(ranking.seed_to_seed_tau([[0.1], [0.2], [0.3]]))  # one seed: no pair
+    rng = random.Random(1)
+    noisy = [[a + rng.gauss(0, 0.02) for _ in range(2)] for a in (rng.random() * 0.1 for _ in range(30))]
+    low, high = ranking.seed_to_seed_interval(noisy, resamples=300)
+    assert low < ranking.seed_to_seed_tau(noisy) < high
+
+
+def test_percentile_counts_ties_half_and_its_interval_holds_seed_and_draw_noise():
+    assert ranking.percentile(5, [1, 2, 3, 4]) == 100
+    assert ranking.percentile(2, [1, 2, 3]) == 50
+    assert ranking.percentile(0, [1, 2]) == 0
+    others = [[0.80, 0.81], [0.82, 0.83], [0.84, 0.85]]
+    assert ranking.percentile_interval([0.90, 0.91], others, resamples=200) == (100, 100)  # above every run
+    overlapping = [[0.80, 0.86], [0.82, 0.88], [0.84, 0.90], [0.79, 0.81]]
+    low, high = ranking.percentile_interval([0.83, 0.85], overlapping, resamples=500)
+    assert low < ranking.percentile(0.84, [ranking.mean(r) for r in overlapping]) < high
+
+
+def test_difference_interval_is_over_the_seeds_and_undefined_for_single_runs():
+    low, high = ranking.difference_interval([0.90, 0.92], [0.80, 0.82], resamples=500)
+    assert 0.08 - 1e-12 <= low < high <= 0.12 + 1e-12 and (low, high) != (0.10, 0.10)
+    assert all(math.isnan(v) for v in ranking.difference_interval([0.9], [0.8]))
+
+
 def test_a_tiny_ranking_run_writes_its_outputs_and_a_rerun_skips_finished_runs(small_digits, digits_checkpoint,
                                                                                tmp_path):
     out = tmp_path / "ranking"

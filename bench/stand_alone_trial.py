@@ -1,0 +1,53 @@
+"""One stand-alone run of bench/reproduce.py as an NNI trial (``reproduce.py --engine nni``): the experiment's grid
+search hands each trial one run's name; the trial runs scratch.py for it with the flags reproduce.py wrote into
+its plan (resumed where an earlier trial of that run stopped, skipped when the run has finished) and reports the
+run's last val top-1 as the trial's final result, which NNI's web UI lists.
+
+    python bench/stand_alone_trial.py --plan reproduce_output/nni_plan.json      # the trialCommand
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+from bench_ranking import finished_accuracy  # noqa: E402
+
+from utils import UserError, run_main  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", required=True, help="reproduce.py's nni_plan.json")
+    args = parser.parse_args(argv)
+    import nni
+
+    try:
+        with open(args.plan) as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{args.plan}: not a readable plan ({e})") from None
+    name = (nni.get_next_parameter() or {}).get("run")
+    if name not in plan.get("runs", {}):
+        raise UserError(f"NNI gave this trial the run {name!r}, which {args.plan} does not hold")
+    run = plan["runs"][name]
+    accuracy = finished_accuracy(run["run_dir"], plan["epochs"])
+    if accuracy is None:
+        os.makedirs(run["run_dir"], exist_ok=True)
+        log_path = os.path.join(run["run_dir"], "stdout.log")
+        with open(log_path, "a") as log:
+            code = subprocess.run([sys.executable, *run["arguments"]], cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise UserError(f"stand-alone run {name} failed (exit {code}); see {log_path}")
+        accuracy = finished_accuracy(run["run_dir"], plan["epochs"])
+    print(f"stand-alone run {name}: val top-1 {accuracy:.4f}", flush=True)
+    nni.report_final_result(accuracy)
+
+
+if __name__ == "__main__":
+    run_main(main)
