@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test demo bench clean
+.PHONY: install data test demo bench reproduce clean
 
 install: $(STAMP)
 
@@ -25,6 +25,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
+# The paper's comparison on Fashion-MNIST (README "Reproduction results"; Debian's dataset-fashion-mnist package).
+reproduce: $(STAMP) data/fashion/val
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/reproduce.py
+
+data/fashion/val: data/make_fashion_mnist.py | $(STAMP)
+	$(BIN)/python data/make_fashion_mnist.py
+
 # The CPU benchmarks of README's Performance section (about 8 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python bench/bench_model.py
@@ -32,4 +39,5 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/bench_search.py
 
 clean:
-	rm -rf checkpoints scratch_checkpoints runs nni-experiments search_output demo_output data/digits data/cache
+	rm -rf checkpoints scratch_checkpoints runs nni-experiments search_output demo_output reproduce_output data/digits \
+		data/fashion data/cache

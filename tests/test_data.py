@@ -2,10 +2,12 @@
 import gzip
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import REPO
 
 from make_fashion_mnist import CLASSES, write_fashion_mnist
 
@@ -72,10 +74,23 @@ def test_fashion_refuses_missing_and_damaged_files(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # nor its staging folder
 
 
-def test_fashion_recipe_is_the_digits_with_its_changes():
+def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_section(tmp_path):
     from make_digits import RECIPE as DIGITS
     from make_fashion_mnist import RECIPE
 
-    assert RECIPE["supernet.py"] == {**DIGITS["supernet.py"], "epochs": 10}
-    assert RECIPE["tester.py"]["test_batch_size"] == 500 and RECIPE["scratch.py"]["epochs"] == 5
-    assert RECIPE["bench_ranking.py"] == {"epochs": 5}
+    assert RECIPE["supernet.py"] == {**DIGITS["supernet.py"], "epochs": 5}
+    assert RECIPE["scratch.py"] == {**DIGITS["scratch.py"], "epochs": 5, "batch_size": 128}
+    with open(tmp_path / "recipe.json", "w") as f:
+        json.dump(RECIPE, f)
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import bench_ranking
+    import reproduce
+    import scratch
+    import supernet
+    import tester
+
+    data = ["--imagenet-dir", str(tmp_path)]
+    assert supernet.parse_args(data).epochs == 5 and tester.parse_args(data).test_batch_size == 500
+    assert scratch.parse_args(data).batch_size == 128
+    assert bench_ranking.parse_args([*data, "--checkpoint", "x"]).epochs == 1
+    assert (reproduce.parse_args(data).epochs, reproduce.parse_args(data).seeds) == (1, 2)
