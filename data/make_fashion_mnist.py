@@ -5,7 +5,7 @@ a val split large enough to tell architectures apart (bench/reproduce.py, bench/
     sudo apt-get install dataset-fashion-mnist       # Debian's package (MIT): all 70,000 images as IDX files
     python data/make_fashion_mnist.py                # data/fashion/{train,val}/<class>/<index>.JPEG
 
---train-per-class images of each class from Fashion-MNIST's training set (default 2,000: 20,000 in all) and
+--train-per-class images of each class from Fashion-MNIST's training set (default 500: 5,000 in all) and
 --val-per-class from its test set (default 1,000: all 10,000, so one image is 0.01 point), the first ones of each
 class in the files' order. The 28x28 images are upscaled to 32x32, the digits' input size. preprocessing.json and
 recipe.json as for the digits.
@@ -25,12 +25,13 @@ CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
 SIZE = 32
 # Clothes are left-right symmetric, so mirroring is a fair augmentation (unlike the digits'); crops as the digits'.
 AUGMENTATION = {"min_crop_area": 0.8, "mirror": True, "color_jitter": 0.0}
-# The digits' recipe (data/make_digits.py) with 5 supernet epochs (1,560 path steps), val batches of 500, stand-alone
-# runs of batch 128 (1.3x the images a second of batch 64 on a CPU core), and the comparison's budget: one epoch
-# a run, 2 seeds; on these 20,000 images a run takes about 75 s on one core, so reproduce.py's 54 runs take about
-# 35 min on 2 cores (README "Reproduction results": the set-ups measured, and why this one).
-CHANGES = {"supernet.py": {"epochs": 5}, "tester.py": {"test_batch_size": 500},
-           "scratch.py": {"epochs": 5, "batch_size": 128}, "bench_ranking.py": {"epochs": 1},
+# The digits' recipe (data/make_digits.py) with the small-input network (a stride-1 first conv: at 32x32 every
+# stage's kernel choice matters, at 4x the compute a step), 4 supernet epochs (312 path steps), val batches of 500,
+# and the comparison's budget: one stand-alone epoch, 2 seeds. A stand-alone run takes about 90 s on one core, so
+# reproduce.py's 54 runs take about 40 min on 2 cores; README "Reproduction results" has the set-ups measured and
+# why this one.
+CHANGES = {"supernet.py": {"epochs": 4, "small_input": True}, "tester.py": {"test_batch_size": 500},
+           "scratch.py": {"epochs": 5, "small_input": True}, "bench_ranking.py": {"epochs": 1},
            "reproduce.py": {"epochs": 1, "seeds": 2}}
 RECIPE = {script: {**DIGITS_RECIPE.get(script, {}), **CHANGES.get(script, {})} for script in {**DIGITS_RECIPE, **CHANGES}}
 
@@ -62,7 +63,7 @@ def first_per_class(labels, per_class):
     return np.sort(chosen)
 
 
-def write_fashion_mnist(output_dir, source_dir=DEBIAN_DIR, train_per_class=2000, val_per_class=1000):
+def write_fashion_mnist(output_dir, source_dir=DEBIAN_DIR, train_per_class=500, val_per_class=1000):
     splits = {"train": ("train", train_per_class), "val": ("t10k", val_per_class)}
 
     def samples():
@@ -80,7 +81,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion"))
     parser.add_argument("--source-dir", default=DEBIAN_DIR, help="the four Fashion-MNIST IDX .gz files")
-    parser.add_argument("--train-per-class", type=int, default=2000)
+    parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--val-per-class", type=int, default=1000)
     args = parser.parse_args()
     count = write_fashion_mnist(args.output_dir, args.source_dir, args.train_per_class, args.val_per_class)

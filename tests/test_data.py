@@ -78,8 +78,8 @@ def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_s
     from make_digits import RECIPE as DIGITS
     from make_fashion_mnist import RECIPE
 
-    assert RECIPE["supernet.py"] == {**DIGITS["supernet.py"], "epochs": 5}
-    assert RECIPE["scratch.py"] == {**DIGITS["scratch.py"], "epochs": 5, "batch_size": 128}
+    assert RECIPE["supernet.py"] == {**DIGITS["supernet.py"], "epochs": 4, "small_input": True}
+    assert RECIPE["scratch.py"] == {**DIGITS["scratch.py"], "epochs": 5, "small_input": True}
     with open(tmp_path / "recipe.json", "w") as f:
         json.dump(RECIPE, f)
     sys.path.insert(0, os.path.join(REPO, "bench"))
@@ -90,7 +90,7 @@ def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_s
     import tester
 
     data = ["--imagenet-dir", str(tmp_path)]
-    assert supernet.parse_args(data).epochs == 5 and tester.parse_args(data).test_batch_size == 500
-    assert scratch.parse_args(data).batch_size == 128
+    assert supernet.parse_args(data).small_input and tester.parse_args(data).test_batch_size == 500
+    assert scratch.parse_args(data).small_input and scratch.parse_args([]).small_input is False
     assert bench_ranking.parse_args([*data, "--checkpoint", "x"]).epochs == 1
     assert (reproduce.parse_args(data).epochs, reproduce.parse_args(data).seeds) == (1, 2)
