@@ -30,7 +30,7 @@ def add_data_arguments(parser, workers):
 
 def add_small_input_argument(group):
     """``--small-input``, of the steps that build a network from flags (tester.py reads it from the checkpoint)."""
-    group.add_argument("--small-input", action="store_true", default=False,
+    group.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=False,
                        help="a stride-1 first conv for small images (32x32): the stages run on 32..2 maps, where "
                             "every kernel choice matters, at 4x the compute; no official checkpoint has it")
 

@@ -92,5 +92,6 @@ def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_s
     data = ["--imagenet-dir", str(tmp_path)]
     assert supernet.parse_args(data).small_input and tester.parse_args(data).test_batch_size == 500
     assert scratch.parse_args(data).small_input and scratch.parse_args([]).small_input is False
+    assert scratch.parse_args([*data, "--no-small-input"]).small_input is False  # a flag given beats the recipe
     assert bench_ranking.parse_args([*data, "--checkpoint", "x"]).epochs == 1
     assert (reproduce.parse_args(data).epochs, reproduce.parse_args(data).seeds) == (1, 2)
