@@ -305,7 +305,7 @@ def role_group(role):
             else role)
 
 
-def plot(path, table, title):
+def plot(path, table, band, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,6 +314,8 @@ def plot(path, table, title):
     fig, (by_flops, by_score) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
     for label, (marker, colour, size) in PLOT_STYLES.items():
         members = [row for row in table if role_group(row["role"]) == label]
+        if not members:
+            continue
         for axis, x in ((by_flops, "flops"), (by_score, "score")):
             xs = [row[x] / 1e6 if x == "flops" else 100 * row[x] for row in members]
             ys = [100 * mean(row["runs"]) for row in members]
@@ -324,6 +326,7 @@ def plot(path, table, title):
         if row["role"].startswith("all "):
             by_flops.annotate(row["role"][4:], (row["flops"] / 1e6, 100 * mean(row["runs"])), fontsize=7,
                               xytext=(4, 4), textcoords="offset points")
+    by_flops.axvspan(band[0] / 1e6, band[1] / 1e6, color="tab:gray", alpha=0.12, label="the random ones' band")
     by_flops.set_xlabel("FLOPs (M, 224x224, 1000 classes)")
     by_score.set_xlabel("supernet score, BN recalibrated (%)")
     for axis in (by_flops, by_score):
@@ -427,7 +430,7 @@ def main(argv=None):
           f"{100 * mean(row['runs']):.2f} ± {100 * std(row['runs']):.2f} %",
           " ".join(f"{100 * v:.2f}" for v in row["runs"])] for row in table])
     data_name = os.path.basename(os.path.normpath(args.imagenet_dir))
-    plot(os.path.join(args.output_dir, "comparison.png"), table,
+    plot(os.path.join(args.output_dir, "comparison.png"), table, band,
          f"{len(table)} architectures x {len(seeds)} seed(s), {args.epochs} epochs from scratch, {data_name}")
     emit(f"{header}\n\n{markdown_table(['statistic', 'value', '95 % bootstrap interval'], statistics)}\n\n"
          f"{per_architecture}", os.path.join(args.output_dir, "comparison.md"))
