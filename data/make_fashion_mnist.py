@@ -33,7 +33,8 @@ AUGMENTATION = {"min_crop_area": 0.8, "mirror": True, "color_jitter": 0.0}
 CHANGES = {"supernet.py": {"epochs": 4, "small_input": True}, "tester.py": {"test_batch_size": 500},
            "scratch.py": {"epochs": 5, "small_input": True}, "bench_ranking.py": {"epochs": 1},
            "reproduce.py": {"epochs": 1, "seeds": 2}}
-RECIPE = {script: {**DIGITS_RECIPE.get(script, {}), **CHANGES.get(script, {})} for script in {**DIGITS_RECIPE, **CHANGES}}
+RECIPE = {script: {**DIGITS_RECIPE.get(script, {}), **CHANGES.get(script, {})}
+          for script in {**DIGITS_RECIPE, **CHANGES}}
 
 
 def read_idx(path, magic):
