@@ -14,7 +14,7 @@ with several seeds.
 4. each scored with the supernet as a trial scores a candidate (bench_ranking.py's scoring), and trained from
    scratch with scratch.py itself, --seeds times, with the same recipe: side by side on this machine (one run per
    CPU core or GPU), or as the trials of an NNI experiment (--engine nni: NNI's training services run them, its
-   web UI shows them, `nnictl resume` continues them);
+   web UI shows them);
 5. the comparison: a table; the answer's percentile among the random architectures and its difference to the
    best one-choice network, with bootstrap intervals over architectures and seeds; the supernet's Kendall tau
    over all architectures, and the seed-to-seed tau of the stand-alone runs (the ceiling of any ranking).
@@ -226,7 +226,7 @@ def run_as_nni_trials(args, runs, jobs, device_count):
     log_path = os.path.join(args.output_dir, "logs", "nnictl.log")
     experiment_id, port = create_experiment(config_path, log_path, env, ROOT, args.port)
     print(f"NNI experiment {experiment_id}: its web UI listens on every interface at port {port}; if this command "
-          f"stops, `nnictl resume {experiment_id}` continues the trials (or rerun it)", file=sys.stderr, flush=True)
+          f"stops, run it again: finished runs are skipped, interrupted ones resume", file=sys.stderr, flush=True)
     trials = f"{config['experimentWorkingDirectory']}/{experiment_id}/environments"
     try:
         started, done, last_answer = time.perf_counter(), 0, time.monotonic()
