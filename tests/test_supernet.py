@@ -81,7 +81,8 @@ def test_the_warm_start_runs_once_and_the_weights_carry_the_network_options(smal
     assert "0 of 1 epochs done" in resumed.stderr and "warm start" not in resumed.stderr
     weights = torch.load(output_dir / "epoch_1.pth.tar", weights_only=True)
     assert weights["network"] == {"input_size": 32, "first_conv_channels": 16, "last_conv_channels": 1024,
-                                  "n_classes": 10, "affine": False, "channel_search": False}
+                                  "n_classes": 10, "affine": False, "channel_search": False,
+                                  "small_input": False}
     assert input_size_of(str(output_dir / "epoch_1.pth.tar")) == 32
     assert input_size_of(str(output_dir / "epoch_1.pth.tar"), requested=64) == 64
 
