@@ -78,42 +78,47 @@ def choose_architectures(count, flops_limit, seed, final=None):
 
 
 def supernet_scores(args, architectures, cache_path):
-    """Each architecture's accuracy with the supernet's weights, scored as a trial does; kept in ``cache_path``
-    with the checkpoint and settings they belong to, so a rerun reuses them."""
+    """Each architecture's accuracy with the supernet's weights, scored as a trial does; each score is kept in
+    ``cache_path`` as soon as it is known, with the checkpoint and settings it belongs to, so a rerun (after a
+    kill too) scores only the architectures it lacks."""
     import shlex
 
     import torch
 
     import tester
+    from spos.architecture import format_choices
     from spos.hardware import compute_dtype, get_device
     from spos.scoring import evaluate_candidate, load_scoring_data, load_supernet
+    from spos.search_state import write_atomically
 
     trial_args = tester.parse_args(["--imagenet-dir", args.imagenet_dir, "--checkpoint", args.checkpoint,
                                     *shlex.split(args.tester_args)])
     checkpoint = tester.find_checkpoint(trial_args)
     key = {"checkpoint": os.path.abspath(checkpoint), "mtime_ns": os.stat(checkpoint).st_mtime_ns,
-           "architectures": [list(a) for a in architectures],
            "settings": {k: getattr(trial_args, k) for k in ("input_size", "train_batch_size", "train_iters",
                                                             "test_batch_size", "seed")}}
+    known = {}
     if os.path.exists(cache_path):
         with open(cache_path) as f:
             cached = json.load(f)
         if cached.get("key") == key:
-            return cached["accuracies"], checkpoint
-    device = get_device(trial_args.device)
-    torch.set_flush_denormal(True)
-    train, val, classes, _ = load_scoring_data(trial_args, device, keep=True)
-    model = load_supernet(checkpoint, trial_args.input_size, len(classes), device, trial_args.channels_last)
-    accuracies = []
-    for number, architecture in enumerate(architectures, 1):
-        torch.manual_seed(trial_args.seed)
-        result = evaluate_candidate(model, architecture, train, val, trial_args.train_iters,
-                                    autocast_dtype=compute_dtype(trial_args.precision, device))
-        accuracies.append(result["accuracy"])
-        print(f"supernet score {number}/{len(architectures)}: {result['accuracy']:.4f}", file=sys.stderr, flush=True)
-    with open(cache_path, "w") as f:
-        json.dump({"key": key, "accuracies": accuracies}, f)
-    return accuracies, checkpoint
+            known = cached["accuracies"]
+    missing = [a for a in architectures if format_choices(a) not in known]
+    if missing:
+        print(f"supernet scores: {len(architectures) - len(missing)} of {len(architectures)} known, "
+              f"{len(missing)} to score", file=sys.stderr, flush=True)
+        device = get_device(trial_args.device)
+        torch.set_flush_denormal(True)
+        train, val, classes, _ = load_scoring_data(trial_args, device, keep=True)
+        model = load_supernet(checkpoint, trial_args.input_size, len(classes), device, trial_args.channels_last)
+        for number, architecture in enumerate(missing, 1):
+            torch.manual_seed(trial_args.seed)
+            result = evaluate_candidate(model, architecture, train, val, trial_args.train_iters,
+                                        autocast_dtype=compute_dtype(trial_args.precision, device))
+            known[format_choices(architecture)] = result["accuracy"]
+            write_atomically(cache_path, json.dumps({"key": key, "accuracies": known}, indent=1))
+            print(f"supernet score {number}/{len(missing)}: {result['accuracy']:.4f}", file=sys.stderr, flush=True)
+    return [known[format_choices(a)] for a in architectures], checkpoint
 
 
 def finished_accuracy(run_dir, epochs):
