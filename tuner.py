@@ -9,7 +9,9 @@ NNI 3.0 delivers a trial's end (``trial_end``) and its final result (``receive_t
 threads, in either order, the result often seconds after the end (nni/runtime/msg_dispatcher_base.py). So
 every callback takes one lock; a trial that ended successfully keeps its round open until its result comes,
 for at most ``result_timeout`` seconds (a timer thread counts it as failed then, so no callback ever waits);
-a failed trial is done at once. A round closes when every one of its candidates has an outcome.
+a failed trial is done at once. A round closes when every one of its candidates has an outcome. A trial's
+end may name the parameter meant for it while it ran a sibling's (NNI 3.0 hands parameters out in the order
+trials ask): a result for a candidate an end counted out is taken while its round is open.
 
 Resume: ``nnictl resume ID`` restarts the tuner (NNI calls ``load_checkpoint``), which reloads
 search_state.json (every candidate with its outcome, the rounds, the random state). NNI re-runs the trials
@@ -135,7 +137,7 @@ class EvolutionWithFlops(Tuner):
                 self.results_after_end["longest_wait_s"] = max(self.results_after_end["longest_wait_s"], delay)
                 logger.info("the result of parameter %d came %.1f s after its trial ended", parameter_id, delay)
             else:
-                self._unexpected_result(parameter_id, parameters)
+                self._unexpected_result(parameter_id, parameters, accuracy, before, trial_job_id)
                 return
             if accuracy is None:
                 logger.warning("trial %s (parameter %d) reported %r, not an accuracy: counted as failed",
@@ -234,14 +236,23 @@ class EvolutionWithFlops(Tuner):
                            self.evolution.history[candidate]["parameter_id"], self.resumed_trial_timeout)
             self._outcome(candidate, status="no result")
 
-    def _unexpected_result(self, parameter_id, parameters):
+    def _unexpected_result(self, parameter_id, parameters, accuracy, before, trial_job_id):
         try:
             candidate = parse_architecture(parameters, f"parameters of {parameter_id}")
         except UserError:
             candidate = None
         record = self.evolution.history.get(candidate)
         status = record["status"] if record else None
-        if status == "no result":
+        evolution = self.evolution
+        if (status in ("failed", "no result") and accuracy is not None and not evolution.finished
+                and record["round"] == evolution.round):
+            # NNI 3.0 hands the queued parameters to trials in the order they ask (training_service/v3/compat.js),
+            # so two trials started together may swap them, while a trial's end still names the parameter meant
+            # for it: that end counted this candidate out while its trial ran on. Its result names what it ran.
+            logger.warning("the result of parameter %d (%s) came after an end counted it %s: taken (NNI may report "
+                           "the end of a sibling trial as its own)", parameter_id, format_choices(candidate), status)
+            self._outcome(candidate, accuracy, before, trial_job_id)
+        elif status == "no result":
             logger.warning("the result of parameter %s (%s) came after result_timeout (%g s): ignored, the candidate "
                            "stays counted as failed; raise result_timeout", parameter_id, format_choices(candidate),
                            self.result_timeout)

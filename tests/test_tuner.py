@@ -295,6 +295,62 @@ def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_pat
                                                         "closed": True}
 
 
+class ManualTimers:
+    """The tuner's timers, fired by the test when it chooses (``fire(parameter_id)``), never by the clock."""
+
+    def __init__(self):
+        self.pending = {}
+
+    def __call__(self, seconds, function, parameter_id):
+        timer = self.pending[parameter_id] = ManualTimer(function, parameter_id)
+        return timer
+
+    def fire(self, parameter_id):
+        self.pending.pop(parameter_id).function(parameter_id)
+
+
+class ManualTimer:
+    def __init__(self, function, parameter_id):
+        self.function, self.parameter_id = function, parameter_id
+
+    def cancel(self):
+        pass
+
+
+def test_two_trials_that_swapped_their_parameters_lose_no_result(tmp_path, caplog):
+    """NNI 3.0 gives the queued parameters to trials in the order they ask, so two trials started together may
+    each run the other's, while each trial's end names the parameter meant for it (what NNI's database and
+    web UI show); the result names what the trial ran. Forced: a, b, c, d meant for trials A, B, C, D; A runs
+    b and fails, B runs a, C runs d, D runs c, and C's end times out c before D reports it."""
+    tuner = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
+    tuner._start_timer = timers = ManualTimers()
+    nni_ = FakeNNI(tuner)
+    nni_.request(4)
+    (a, pa, _), (b, pb, _), (c, pc, _), (d, pd, _) = nni_.running
+    candidate = {i: parse_architecture(p, "test") for i, p in ((a, pa), (b, pb), (c, pc), (d, pd))}
+    with caplog.at_level(logging.INFO, logger="spos.tuner"):
+        tuner.trial_end(a, False)  # A (running b) failed
+        tuner.receive_trial_result(d, pd, value_of(0.4), trial_job_id="C")
+        tuner.trial_end(c, True)  # C's end, named c
+        timers.fire(c)  # c counted as failed...
+        assert tuner.evolution.history[candidate[c]]["status"] == "no result"
+        tuner.receive_trial_result(a, pa, value_of(0.6), trial_job_id="B")  # ...and a too: their results come
+        tuner.trial_end(b, True)
+        tuner.receive_trial_result(c, pc, value_of(0.5), trial_job_id="D")
+        tuner.trial_end(d, True)
+        assert tuner.evolution.round == 1  # b, whose trial failed, still waits for a result
+        timers.fire(b)
+    history = tuner.evolution.history
+    assert [history[candidate[i]]["status"] for i in (a, b, c, d)] == ["succeeded", "no result", "succeeded",
+                                                                       "succeeded"]
+    assert [history[candidate[i]]["accuracy"] for i in (a, c, d)] == pytest.approx([0.6, 0.5, 0.4])
+    assert "came after an end counted it failed: taken" in caplog.text
+    assert "came after an end counted it no result: taken" in caplog.text
+    assert tuner.evolution.round == 2 and not timers.pending
+    assert read_search_state(tmp_path)["rounds"][0] == {"round": 1, "candidates": 4, "scored": 3, "failed": 1,
+                                                        "closed": True}
+
+
 def test_the_state_file_says_where_the_search_stands(tmp_path):
     tuner = make_tuner(tmp_path)
     state = read_search_state(tmp_path)
