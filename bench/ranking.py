@@ -124,3 +124,11 @@ def difference_interval(runs, other_runs, **kwargs):
     if len(runs) < 2 and len(other_runs) < 2:
         return math.nan, math.nan
     return bootstrap(lambda rng: mean(resample(rng, runs)) - mean(resample(rng, other_runs)), **kwargs)
+
+
+def mean_difference_interval(runs, others_runs, **kwargs):
+    """Bootstrap interval of ``mean(runs)`` minus the mean of the others' means, resampling the others (the
+    architectures) and the seeds within each, as ``percentile_interval`` does."""
+    def draw(rng):
+        return mean(resample(rng, runs)) - mean([mean(resample(rng, r)) for r in resample(rng, others_runs)])
+    return bootstrap(draw, **kwargs)

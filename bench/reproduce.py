@@ -38,8 +38,8 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 
 from bench_ranking import finished_accuracy, run_stand_alone, scratch_arguments, supernet_scores  # noqa: E402
-from ranking import (bootstrap_interval, difference_interval, kendall_tau, mean, percentile,  # noqa: E402
-                     percentile_interval, seed_to_seed_interval, seed_to_seed_tau)
+from ranking import (bootstrap_interval, difference_interval, kendall_tau, mean, mean_difference_interval,  # noqa: E402
+                     percentile, percentile_interval, seed_to_seed_interval, seed_to_seed_tau)
 from report import emit, markdown_table  # noqa: E402
 
 from spos.architecture import format_choices, write_architecture  # noqa: E402
@@ -264,7 +264,8 @@ def comparison(scores, accuracies, roles):
                   f"{percentile(means[0], [mean(r) for r in random_runs]):.0f} %",
                   interval(percentile_interval(answer, random_runs), "{:.0f} %")])
     lines.append(["answer - mean of the random architectures",
-                  f"{100 * (means[0] - mean([mean(r) for r in random_runs])):+.2f} points", ""])
+                  f"{100 * (means[0] - mean([mean(r) for r in random_runs])):+.2f} points",
+                  interval(mean_difference_interval(answer, random_runs), "{:+.2f} points", 100)])
     one_choice = [i for i, role in enumerate(roles) if role in ONE_CHOICE_NAMES]
     if one_choice:
         best = max(one_choice, key=lambda i: means[i])

@@ -82,6 +82,16 @@ def test_difference_interval_is_over_the_seeds_and_undefined_for_single_runs():
     assert all(math.isnan(v) for v in ranking.difference_interval([0.9], [0.8]))
 
 
+def test_mean_difference_interval_holds_the_draw_of_architectures_and_their_seeds():
+    others = [[0.80, 0.82], [0.84, 0.86], [0.88, 0.90]]
+    assert ranking.mean_difference_interval([0.95, 0.95], [[0.85, 0.85]] * 3, resamples=100) == \
+        pytest.approx((0.10, 0.10))  # no noise anywhere: no width
+    low, high = ranking.mean_difference_interval([0.94, 0.96], others, resamples=1000)
+    assert 0.95 - 0.90 - 1e-12 <= low < 0.95 - 0.85 < high <= 0.96 - 0.80 + 1e-12  # within the extreme draws
+    seeds_only = ranking.mean_difference_interval([0.94, 0.96], [[0.84, 0.86]] * 3, resamples=1000)
+    assert high - low > seeds_only[1] - seeds_only[0]  # the spread between architectures widens it
+
+
 def test_a_tiny_ranking_run_writes_its_outputs_and_a_rerun_skips_finished_runs(small_digits, digits_checkpoint,
                                                                                tmp_path):
     out = tmp_path / "ranking"
