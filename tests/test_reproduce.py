@@ -148,6 +148,25 @@ def test_the_stand_alone_runs_as_trials_of_an_nni_experiment(tiny_reproduction, 
         pytest.approx(accuracy)
 
 
+def test_failing_nni_trials_are_one_line_naming_the_unfinished_runs_and_the_experiment_is_stopped(
+        tiny_reproduction, small_digits):
+    root, _, _ = tiny_reproduction
+    out, port = root / "nni_failing", free_port()
+    run = command(small_digits, out, str(root / "search.yml"), "--checkpoint", str(root / "out" / "supernet"),
+                  "--next-best", "0", "--one-choice", "--random", "1", "--jobs", "2", "--engine", "nni",
+                  "--port", str(port), "--scratch-args", SMALL["--scratch-args"] + " --lr-decay bogus")
+    done = subprocess.run(run, cwd=REPO, env=venv_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 2, done.stderr[-3000:]
+    experiment = re.search(r"NNI experiment (\w+): its web UI", done.stderr).group(1)
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: NNI experiment {experiment} is \w+ with 2 of 2 runs unfinished; see the "
+                        r"trials' logs under .* and each run's stdout\.log", last), last
+    assert "Traceback" not in done.stderr
+    assert experiment_status(port) is None  # stopped
+    for name in ("answer_seed1", "random01_seed1"):
+        assert "invalid choice: 'bogus'" in (out / "runs" / name / "stdout.log").read_text()
+
+
 def test_a_missing_data_folder_is_one_line_and_status_2(tmp_path):
     done = subprocess.run([sys.executable, SCRIPT, "--imagenet-dir", str(tmp_path / "none"), "--output-dir",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
