@@ -11,7 +11,7 @@ every callback takes one lock; a trial that ended successfully keeps its round o
 for at most ``result_timeout`` seconds (a timer thread counts it as failed then, so no callback ever waits);
 a failed trial is done at once. A round closes when every one of its candidates has an outcome. A trial's
 end may name the parameter meant for it while it ran a sibling's (NNI 3.0 hands parameters out in the order
-trials ask): a result for a candidate an end counted out is taken while its round is open.
+trials ask): a result for a candidate an end counted out is taken while the search runs.
 
 Resume: ``nnictl resume ID`` restarts the tuner (NNI calls ``load_checkpoint``), which reloads
 search_state.json (every candidate with its outcome, the rounds, the random state). NNI re-runs the trials
@@ -244,18 +244,21 @@ class EvolutionWithFlops(Tuner):
         record = self.evolution.history.get(candidate)
         status = record["status"] if record else None
         evolution = self.evolution
-        if (status in ("failed", "no result") and accuracy is not None and not evolution.finished
-                and record["round"] == evolution.round):
+        if status in ("failed", "no result") and accuracy is not None:
             # NNI 3.0 hands the queued parameters to trials in the order they ask (training_service/v3/compat.js),
             # so two trials started together may swap them, while a trial's end still names the parameter meant
-            # for it: that end counted this candidate out while its trial ran on. Its result names what it ran.
-            logger.warning("the result of parameter %d (%s) came after an end counted it %s: taken (NNI may report "
-                           "the end of a sibling trial as its own)", parameter_id, format_choices(candidate), status)
+            # for it: an end (or the result_timeout it started) can count out a candidate whose trial runs on.
+            # Its result names what it ran, so it counts whenever it comes while the search runs.
+            if evolution.finished:
+                logger.warning("the result of parameter %d (%s) came after the search finished: not counted",
+                               parameter_id, format_choices(candidate))
+                return
+            closed = record["round"] < evolution.round
+            logger.warning("the result of parameter %d (%s) came after an end counted it %s: taken%s (NNI may "
+                           "report the end of a sibling trial as its own; or raise result_timeout)", parameter_id,
+                           format_choices(candidate), status,
+                           f"; its round {record['round']} closed without it, later rounds see it" if closed else "")
             self._outcome(candidate, accuracy, before, trial_job_id)
-        elif status == "no result":
-            logger.warning("the result of parameter %s (%s) came after result_timeout (%g s): ignored, the candidate "
-                           "stays counted as failed; raise result_timeout", parameter_id, format_choices(candidate),
-                           self.result_timeout)
         elif status in OUTCOMES:
             logger.info("a second result for parameter %s (%s) ignored: its outcome is final", parameter_id,
                         format_choices(candidate))

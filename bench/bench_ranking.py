@@ -94,27 +94,32 @@ def supernet_scores(args, architectures, cache_path):
     trial_args = tester.parse_args(["--imagenet-dir", args.imagenet_dir, "--checkpoint", args.checkpoint,
                                     *shlex.split(args.tester_args)])
     checkpoint = tester.find_checkpoint(trial_args)
+    device = get_device(trial_args.device)
+    autocast_dtype = compute_dtype(trial_args.precision, device)
     key = {"checkpoint": os.path.abspath(checkpoint), "mtime_ns": os.stat(checkpoint).st_mtime_ns,
-           "settings": {k: getattr(trial_args, k) for k in ("input_size", "train_batch_size", "train_iters",
-                                                            "test_batch_size", "seed")}}
+           "data": os.path.abspath(trial_args.imagenet_dir), "compute_dtype": str(autocast_dtype),
+           "settings": {k: getattr(trial_args, k) for k in ("input_size", "spos_preprocessing", "train_batch_size",
+                                                            "train_iters", "test_batch_size", "seed")}}
     known = {}
     if os.path.exists(cache_path):
-        with open(cache_path) as f:
-            cached = json.load(f)
-        if cached.get("key") == key:
-            known = cached["accuracies"]
+        try:
+            with open(cache_path) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                known = dict(cached["accuracies"])
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+            print(f"{cache_path}: unreadable ({e}); scoring again", file=sys.stderr, flush=True)
     missing = [a for a in architectures if format_choices(a) not in known]
     if missing:
         print(f"supernet scores: {len(architectures) - len(missing)} of {len(architectures)} known, "
               f"{len(missing)} to score", file=sys.stderr, flush=True)
-        device = get_device(trial_args.device)
         torch.set_flush_denormal(True)
         train, val, classes, _ = load_scoring_data(trial_args, device, keep=True)
         model = load_supernet(checkpoint, trial_args.input_size, len(classes), device, trial_args.channels_last)
         for number, architecture in enumerate(missing, 1):
             torch.manual_seed(trial_args.seed)
             result = evaluate_candidate(model, architecture, train, val, trial_args.train_iters,
-                                        autocast_dtype=compute_dtype(trial_args.precision, device))
+                                        autocast_dtype=autocast_dtype)
             known[format_choices(architecture)] = result["accuracy"]
             write_atomically(cache_path, json.dumps({"key": key, "accuracies": known}, indent=1))
             print(f"supernet score {number}/{len(missing)}: {result['accuracy']:.4f}", file=sys.stderr, flush=True)

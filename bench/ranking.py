@@ -113,6 +113,9 @@ def percentile_interval(runs, others_runs, **kwargs):
     """Bootstrap interval of ``percentile(mean(runs), [mean(r) for r in others_runs])``, resampling the others
     (the architectures) and, within each architecture, its seeds: both the draw of architectures and the seed
     noise of every stand-alone mean are in it."""
+    if nothing_to_resample(runs, others_runs):
+        return math.nan, math.nan
+
     def draw(rng):
         return percentile(mean(resample(rng, runs)), [mean(resample(rng, r)) for r in resample(rng, others_runs)])
     return bootstrap(draw, **kwargs)
@@ -129,6 +132,14 @@ def difference_interval(runs, other_runs, **kwargs):
 def mean_difference_interval(runs, others_runs, **kwargs):
     """Bootstrap interval of ``mean(runs)`` minus the mean of the others' means, resampling the others (the
     architectures) and the seeds within each, as ``percentile_interval`` does."""
+    if nothing_to_resample(runs, others_runs):
+        return math.nan, math.nan
+
     def draw(rng):
         return mean(resample(rng, runs)) - mean([mean(resample(rng, r)) for r in resample(rng, others_runs)])
     return bootstrap(draw, **kwargs)
+
+
+def nothing_to_resample(runs, others_runs):
+    """One other architecture and one seed everywhere: an interval would have no width and say nothing."""
+    return len(others_runs) < 2 and all(len(r) < 2 for r in (runs, *others_runs))

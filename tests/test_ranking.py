@@ -90,6 +90,8 @@ def test_mean_difference_interval_holds_the_draw_of_architectures_and_their_seed
     assert 0.95 - 0.90 - 1e-12 <= low < 0.95 - 0.85 < high <= 0.96 - 0.80 + 1e-12  # within the extreme draws
     seeds_only = ranking.mean_difference_interval([0.94, 0.96], [[0.84, 0.86]] * 3, resamples=1000)
     assert high - low > seeds_only[1] - seeds_only[0]  # the spread between architectures widens it
+    for interval in (ranking.mean_difference_interval, ranking.percentile_interval):
+        assert all(math.isnan(v) for v in interval([0.9], [[0.8]]))  # one run of each: nothing to resample
 
 
 def test_a_tiny_ranking_run_writes_its_outputs_and_a_rerun_skips_finished_runs(small_digits, digits_checkpoint,
@@ -145,3 +147,7 @@ def test_supernet_scores_are_kept_one_by_one_and_only_for_their_checkpoint(small
     os.utime(checkpoint, ns=(0, 0))  # another checkpoint at that path
     bench_ranking.supernet_scores(args, architectures[:1], cache)
     assert "0 of 1 known, 1 to score" in capsys.readouterr().err
+    cache.write_text('{"key": ')  # damaged by hand: scored again, not a traceback
+    bench_ranking.supernet_scores(args, architectures[:1], cache)
+    err = capsys.readouterr().err
+    assert f"{cache}: unreadable (" in err and "0 of 1 known, 1 to score" in err

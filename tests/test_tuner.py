@@ -286,13 +286,16 @@ def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_pat
             assert tuner.evolution.round == 2  # the round closed with three results and one failure
         assert f"the trial of parameter {lost_id} ({' '.join(map(str, lost))}) ended successfully but its " \
                f"result did not reach the tuner within 0.2 s: counted as failed" in caplog.text
-        # the result, far too late: the outcome stays final, one row for it
+        assert [r["status"] for r in read_rows(tmp_path) if r["choices"] == " ".join(map(str, lost))] == \
+            ["no result"]
+        # the result, after its round closed (its trial ran on: NNI had reported a sibling's end as its own):
+        # counted, for the rounds to come; one row for it
         tuner.receive_trial_result(lost_id, lost_parameters, value_of(0.5), trial_job_id="too late")
-    assert "came after result_timeout" in caplog.text
+    assert "came after an end counted it no result: taken; its round 1 closed without it" in caplog.text
     rows = [r for r in read_rows(tmp_path) if r["choices"] == " ".join(map(str, lost))]
-    assert len(rows) == 1 and rows[0]["status"] == "no result" and rows[0]["accuracy"] == ""
-    assert read_search_state(tmp_path)["rounds"][0] == {"round": 1, "candidates": 4, "scored": 3, "failed": 1,
-                                                        "closed": True}
+    assert len(rows) == 1 and rows[0]["status"] == "succeeded" and float(rows[0]["accuracy"]) == 0.5
+    assert lost in tuner.evolution.ranking
+    assert tuner.evolution.round == 2 and not tuner.evolution.finished
 
 
 class ManualTimers:
@@ -376,6 +379,19 @@ def test_no_more_trials_after_max_epochs(tmp_path):
     with pytest.raises(nni.NoMoreTrialError):
         tuner.generate_parameters(1000)
     assert tuner.generate_multiple_parameters([1000, 1001], st_callback=lambda *a: None) == []
+
+
+def test_a_result_for_a_failed_candidate_after_the_search_finished_is_not_counted(tmp_path, caplog):
+    tuner = make_tuner(tmp_path, max_epochs=1)
+    handed, _ = drive(tuner, fail={2})
+    assert tuner.evolution.finished
+    failed = dict(handed)[2]
+    final = (tmp_path / EXPORT_DIR / BEST_FILE).read_text()
+    with caplog.at_level(logging.WARNING, logger="spos.tuner"):
+        tuner.receive_trial_result(2, tuner.to_parameters(failed), value_of(0.99), trial_job_id="after the end")
+    assert "came after the search finished: not counted" in caplog.text
+    assert tuner.evolution.history[failed]["status"] == "failed"
+    assert (tmp_path / EXPORT_DIR / BEST_FILE).read_text() == final
 
 
 def test_bad_class_arguments_are_refused_with_their_names(tmp_path):
