@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # The paper's comparison on Fashion-MNIST (README "Reproduction results"; Debian's dataset-fashion-mnist package).
 reproduce: $(STAMP) data/fashion/val
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/reproduce.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m reproduction.reproduce
 
 data/fashion/val: data/make_fashion_mnist.py | $(STAMP)
 	$(BIN)/python data/make_fashion_mnist.py

@@ -7,7 +7,6 @@ uniform in [0.6, 1.4], random horizontal flip; val = resize the shorter side to 
 crop. ``spos_preprocessing`` gives Megvii's input: BGR, 0..255 without mean/std, linear interpolation;
 otherwise RGB with ImageNet mean/std and antialiased (triangular) interpolation.
 """
-import hashlib
 import importlib.util
 import json
 import logging
@@ -17,7 +16,6 @@ import random
 
 import torch
 
-from spos.checkpoint import atomic_save
 from utils import UserError
 
 logger = logging.getLogger("spos")
@@ -356,158 +354,6 @@ class ImageFolderLoader:
                 std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
                 images = (images - mean) / std
             yield images, labels.to(self.device)
-
-
-SCORING_CACHE_VERSION = 1
-
-
-def scoring_loaders(root, *, train_batch_size, test_batch_size, input_size=224, spos_preprocessing=False,
-                    workers=4, backend="auto", device="cpu", seed=42):
-    """The loaders a candidate is scored with: augmented training batches (for BN recalibration) and the
-    val split. Iterating them decodes the images; ``scoring_batches`` keeps them decoded instead."""
-    common = dict(input_size=input_size, spos_preprocessing=spos_preprocessing, workers=workers, backend=backend,
-                  device=device, seed=seed)
-    train_loader = ImageFolderLoader(root, "train", train=True, batch_size=train_batch_size, **common)
-    val_loader = ImageFolderLoader(root, "val", train=False, batch_size=test_batch_size,
-                                   classes=train_loader.classes, **common)
-    return train_loader, val_loader
-
-
-def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, input_size=224,
-                    spos_preprocessing=False, workers=4, backend="auto", device="cpu", seed=42, cache_dir=None):
-    """The fixed data every candidate of a search is scored on, decoded once: the first ``train_iters``
-    training batches (augmented as in training, for BN recalibration) and the whole val split, as re-iterable
-    sequences of ``(images, labels)`` on ``device``, and the class names. On a GPU the tensors stay there when
-    they fit in a quarter of its free memory; otherwise they are kept in host memory and each batch is copied
-    over when it is used (ImageNet's 25,600 + 50,000 images are 45 GB as float32).
-
-    With ``cache_dir`` the decoded tensors are also kept in a file there, keyed on the dataset (its class
-    folders' modification times: adding or removing an image changes them) and every setting that changes
-    the tensors; NNI trials then load that file instead of decoding the same images again. The file holds
-    tensors only and is read with ``weights_only=True``."""
-    device = torch.device(device)
-    automatic = backend == "auto"
-    if automatic:
-        # Finding DALI's package is enough to name the cache file: a trial that reads it never imports DALI
-        # (0.4 s). Before decoding, DALI is checked to really import.
-        backend = "dali" if dali_installed() else "torch"
-    settings = dict(root=os.path.abspath(root), train_batch_size=train_batch_size, train_iters=train_iters,
-                    test_batch_size=test_batch_size, input_size=input_size, spos_preprocessing=spos_preprocessing,
-                    backend=backend, seed=seed, version=SCORING_CACHE_VERSION)
-    if cache_dir:
-        settings["dataset"] = _dataset_fingerprint(root)
-    path = _scoring_cache_path(cache_dir, settings) if cache_dir else None
-    cached = _load_scoring_cache(path, device) if path else None
-    if cached is None and automatic and backend == "dali" and not dali_available():
-        settings["backend"] = backend = "torch"  # installed but not importable: "auto" falls back
-        path = _scoring_cache_path(cache_dir, settings) if cache_dir else None
-        cached = _load_scoring_cache(path, device) if path else None
-    if cached is not None:
-        return cached
-    train_loader, val_loader = scoring_loaders(root, train_batch_size=train_batch_size,
-                                               test_batch_size=test_batch_size, input_size=input_size,
-                                               spos_preprocessing=spos_preprocessing, workers=workers,
-                                               backend=backend, device=device, seed=seed)
-    place = _placement(device, (train_iters * train_batch_size + val_loader.num_images) * 3 * input_size ** 2 * 4)
-    train = DeviceBatches([place(b) for b in cycle_batches(train_loader, train_iters)], device)
-    val = DeviceBatches([place(b) for b in val_loader], device)
-    if path:
-        contents = {"classes": list(train_loader.classes)}
-        for name, batches in (("train", train.batches), ("val", val.batches)):
-            contents[f"{name}_images"] = torch.cat([images.cpu() for images, _ in batches]) if batches else \
-                torch.empty(0, 3, input_size, input_size)
-            contents[f"{name}_labels"] = torch.cat([labels.cpu() for _, labels in batches]) if batches else \
-                torch.empty(0, dtype=torch.int64)
-            contents[f"{name}_sizes"] = torch.tensor([len(labels) for _, labels in batches], dtype=torch.int64)
-        os.makedirs(cache_dir, exist_ok=True)
-        atomic_save(contents, path)
-        logger.info("wrote the scoring cache %s", path)
-    return train, val, list(train_loader.classes), "decoded"
-
-
-def _scoring_cache_path(cache_dir, settings):
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"scoring_{digest}.pt")
-
-
-def _load_scoring_cache(path, device):
-    """``scoring_batches``' result from the cache file ``path``; None when there is none or it is unusable."""
-    if not os.path.exists(path):
-        return None
-    try:
-        cached = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        images = cached["train_images"].numel() + cached["val_images"].numel()
-        place = _placement(device, images * 4)
-        train = _split_batches(cached, "train", place, device)
-        val = _split_batches(cached, "val", place, device)
-    except Exception as e:  # a foreign or damaged file: decode again and replace it
-        logger.warning("%s: unusable scoring cache (%s); decoding the images again", path,
-                       str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-        return None
-    logger.info("scoring data from the cache %s", path)
-    return train, val, list(cached["classes"]), path
-
-
-class DeviceBatches:
-    """Decoded ``(images, labels)`` batches, iterated as often as needed and handed out on ``device`` (a
-    copy per batch when they are kept in host memory)."""
-
-    def __init__(self, batches, device):
-        self.batches, self.device = batches, torch.device(device)
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        for images, labels in self.batches:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-
-def _placement(device, num_bytes):
-    """Where decoded batches are kept: on ``device``, or in host memory when the GPU would be short of room."""
-    if device.type == "cuda" and num_bytes > torch.cuda.mem_get_info(device)[0] // 4:
-        logger.info("keeping %.1f GB of decoded scoring data in host memory; each batch is copied to the GPU "
-                    "when it is used", num_bytes / 1e9)
-        return lambda batch: tuple(t.cpu().pin_memory() for t in batch)
-    return lambda batch: tuple(t.to(device) for t in batch)
-
-
-def cycle_batches(loader, num_batches):
-    """``num_batches`` batches of ``loader``, starting it over as often as needed."""
-    produced = 0
-    while produced < num_batches:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-            produced += 1
-            if produced >= num_batches:
-                return
-        if empty:
-            raise UserError(f"{getattr(loader, 'split_dir', 'the training data')}: no batches to recalibrate "
-                            f"batch norm with")
-
-
-def _split_batches(cached, name, place, device):
-    sizes = cached[f"{name}_sizes"].tolist()
-    images = cached[f"{name}_images"].split(sizes)
-    labels = cached[f"{name}_labels"].split(sizes)
-    return DeviceBatches([place(batch) for batch in zip(images, labels)], device)
-
-
-def _dataset_fingerprint(root):
-    """What changes when images are added, removed or replaced, without reading every file: the class
-    folders' names and modification times, and the dataset's preprocessing.json."""
-    entries = []
-    for split in ("train", "val"):
-        split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            raise UserError(f"{split_dir}: not a folder (expected {root}/{{train,val}}/<class>/<image>)")
-        entries += [(split, e.name, e.stat().st_mtime_ns) for e in os.scandir(split_dir) if e.is_dir()]
-    preprocessing = os.path.join(root, PREPROCESSING_FILE)
-    if os.path.exists(preprocessing):
-        entries.append((PREPROCESSING_FILE, os.stat(preprocessing).st_mtime_ns))
-    return sorted(entries)
 
 
 class _ImageFiles(torch.utils.data.Dataset):

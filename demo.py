@@ -3,7 +3,8 @@
   python demo.py          (what `make demo` runs after installing)
 
 1. data/digits (written once, with its recipe.json of defaults for each step), 2. supernet.py (warm-started),
-then tester.py --random-paths: how well it learned, as the search will score paths, 3. `nnictl ss_gen` and a real
+then spos.random_paths: how well it learned, as the search will score paths (``--supernet`` skips the training and
+uses a supernet trained before), 3. `nnictl ss_gen` and a real
 `nnictl create` evolution search with config_search_cpu.yml, waited for until the tuner's search_state.json says
 it is finished, then stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary.
 Everything goes to demo_output/ (replaced on each run); the experiment is stopped and child processes ended also
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("--channel-search", action="store_true",
                         help="search each block's middle channels too (supernet.py --channel-search): the supernet, "
                              "the search's candidates and the network trained from scratch carry a scale per layer")
+    parser.add_argument("--supernet", default=None, metavar="CHECKPOINT",
+                        help="search this trained supernet (supernet.py's folder or a weights file) instead of "
+                             "training one")
     parser.add_argument("--supernet-paths", type=int, default=20,
                         help="random paths scored to tell how well the supernet learned")
     parser.add_argument("--scratch-epochs", type=int, default=None, help="default: data/digits/recipe.json's")
@@ -56,7 +60,12 @@ def parse_args(argv=None):
                         help="candidates a round (default: config_search_cpu.yml's)")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT,
                         help="where everything the demo writes goes (replaced on each run)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    trains = [flag for flag, value in (("--supernet-epochs", args.supernet_epochs), ("--channel-search",
+              args.channel_search), ("--supernet-warm-start-steps", args.supernet_warm_start_steps)) if value]
+    if args.supernet and trains:
+        parser.error(f"--supernet uses a trained supernet: {trains[0]} is for training one")
+    return args
 
 
 class Demo:
@@ -122,14 +131,14 @@ class Demo:
         else:
             print(f"=== data: reusing {shown(DATA)}", flush=True)
 
-        supernet_dir = os.path.join(self.out, "supernet")
-        self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--output-dir", supernet_dir,
-                              *flag("--epochs", args.supernet_epochs),
-                              *flag("--warm-start-steps", args.supernet_warm_start_steps),
-                              *(["--channel-search"] if args.channel_search else [])], "supernet.log")
-        log = self.run("supernet paths", [sys.executable, "tester.py", "--imagenet-dir", DATA, "--checkpoint",
-                                          supernet_dir, "--random-paths", str(args.supernet_paths)],
-                       "supernet_paths.log")
+        supernet_dir = os.path.abspath(args.supernet) if args.supernet else os.path.join(self.out, "supernet")
+        if not args.supernet:
+            self.run("supernet", [sys.executable, "supernet.py", "--imagenet-dir", DATA, "--output-dir", supernet_dir,
+                                  *flag("--epochs", args.supernet_epochs),
+                                  *flag("--warm-start-steps", args.supernet_warm_start_steps),
+                                  *(["--channel-search"] if args.channel_search else [])], "supernet.log")
+        log = self.run("supernet paths", [sys.executable, "-m", "spos.random_paths", str(args.supernet_paths),
+                                          "--imagenet-dir", DATA, "--checkpoint", supernet_dir], "supernet_paths.log")
         paths = json.loads(log.strip().splitlines()[-1])
 
         # the trial command names the supernet: ss_gen writes its space (with channel choices for a channel supernet)
@@ -237,8 +246,9 @@ class Demo:
         if state["error"]:
             raise UserError(f"the search stopped early: {state['error']}")
         table = os.path.join(search_dir, TABLE_FILE)
-        if count_rows(table) != state["candidates_done"]:
-            raise UserError(f"{table}: {count_rows(table)} rows, but {state_path} counts {state['candidates_done']} "
+        rows = len(read_table(table))
+        if rows != state["candidates_done"]:
+            raise UserError(f"{table}: {rows} rows, but {state_path} counts {state['candidates_done']} "
                             f"candidates with an outcome")
         self.search_state = state
         return search_dir
@@ -253,18 +263,6 @@ def shown(path):
     """A path as the user would type it: relative inside the project, absolute outside it."""
     relative = os.path.relpath(path, ROOT)
     return path if relative.startswith(os.pardir) else relative
-
-
-def count_rows(table):
-    """Candidates in the tuner's table: one row each, once scored or failed."""
-    with open(table) as f:
-        return sum(1 for _ in csv.DictReader(f))
-
-
-def count_scored(table):
-    """Candidates with an accuracy in the tuner's table."""
-    with open(table) as f:
-        return sum(1 for row in csv.DictReader(f) if row.get("accuracy"))
 
 
 def main():

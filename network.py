@@ -398,6 +398,28 @@ def paper_flops(architecture):
     return paper_flops_model().get_candidate_flops(architecture)
 
 
+def architecture_net(architecture, input_size=PAPER_INPUT_SIZE, n_classes=PAPER_CLASSES, small_input=False):
+    """The from-scratch net of ``architecture`` (affine BN) on the meta device: its shapes, for counting."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        return ShuffleNetV2OneShot(input_size=input_size, n_classes=n_classes, affine=True, architecture=architecture,
+                                   small_input=small_input)
+
+
+def architecture_flops(architecture, input_size=PAPER_INPUT_SIZE, n_classes=PAPER_CLASSES, small_input=False):
+    """FLOPs of the from-scratch net of ``architecture``: from Megvii's table when it covers this size, counted
+    otherwise (the paper's 224x224 and 1,000 classes by default)."""
+    net = architecture_net(architecture, input_size, n_classes, small_input)
+    try:
+        return net.get_candidate_flops()
+    except UserError:  # the table only holds the sizes it was made for
+        net.op_flops_path = None
+        return net.get_candidate_flops()
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
 def load_and_parse_state_dict(filepath):
     """Read an official (``{'state_dict': ...}``, keys ``module.``-prefixed) or own checkpoint as a
     plain state dict; never unpickles objects."""

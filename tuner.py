@@ -11,7 +11,8 @@ every callback takes one lock; a trial that ended successfully keeps its round o
 for at most ``result_timeout`` seconds (a timer thread counts it as failed then, so no callback ever waits);
 a failed trial is done at once. A round closes when every one of its candidates has an outcome. A trial's
 end may name the parameter meant for it while it ran a sibling's (NNI 3.0 hands parameters out in the order
-trials ask): a result for a candidate an end counted out is taken while the search runs.
+trials ask): a result for a candidate an end counted out is taken whenever it comes, after the search's end too
+(candidates.csv, search_state.json and, when it is the best, architecture_final.json are written again).
 
 Resume: ``nnictl resume ID`` restarts the tuner (NNI calls ``load_checkpoint``), which reloads
 search_state.json (every candidate with its outcome, the rounds, the random state). NNI re-runs the trials
@@ -34,7 +35,8 @@ from nni.tuner import Tuner
 from spos.architecture import architecture_keys, format_choices, parse_architecture
 from spos.evolution import Evolution
 from spos.search_space import search_space_values
-from spos.search_state import EXPORT_DIR, OUTCOMES, STATE_FILE, export_round, prepare_search_dir, save_search
+from spos.search_state import (BEST_FILE, EXPORT_DIR, OUTCOMES, STATE_FILE, export_best, export_round,
+                               prepare_search_dir, save_search)
 from utils import UserError
 
 logger = logging.getLogger("spos.tuner")
@@ -46,12 +48,9 @@ class EvolutionWithFlops(Tuner):
     ``resumed_trial_timeout``: seconds after a resume within which a trial NNI re-runs must send its result
     (NNI reports no end for those trials). The other arguments are spos.evolution.Evolution's."""
 
-    def __init__(self, max_epochs=20, num_population=50, num_select=10, num_mutation=25, num_crossover=25,
-                 m_prob=0.1, flops_limit=330e6, seed=42, output_dir=None, max_attempts=None, result_timeout=60,
-                 resumed_trial_timeout=3600):
+    def __init__(self, output_dir=None, result_timeout=60, resumed_trial_timeout=3600, **evolution_settings):
         super().__init__()
-        self.evolution = Evolution(max_epochs, num_population, num_select, num_mutation, num_crossover, m_prob,
-                                   flops_limit, seed, max_attempts)
+        self.evolution = Evolution(**evolution_settings)
         self.result_timeout = _positive_seconds("result_timeout", result_timeout)
         self.resumed_trial_timeout = _positive_seconds("resumed_trial_timeout", resumed_trial_timeout)
         base = output_dir or os.environ.get("NNI_LOG_DIRECTORY") or os.getcwd()
@@ -66,10 +65,7 @@ class EvolutionWithFlops(Tuner):
         self._send_trial = None  # NNI's st_callback(parameter_id, parameters)
         self._resumed_by_nni = False
         self._looked_for_trials_nni_resumes = False
-        self._clock = time.monotonic
-        # _start_timer looked up at each call, so that a test replacing it on the instance is obeyed
-        self._replay = NNIReplay(self.evolution, self.resumed_trial_timeout,
-                                 lambda *args: self._start_timer(*args), self._resumed_trial_timed_out)
+        self._replay = NNIReplay(self.evolution, self.resumed_trial_timeout, self._resumed_trial_timed_out)
 
     # NNI's interface: each callback takes the lock and returns at once
 
@@ -132,7 +128,7 @@ class EvolutionWithFlops(Tuner):
             elif parameter_id in self._awaiting:
                 candidate, ended, timer = self._awaiting.pop(parameter_id)
                 timer.cancel()
-                delay = self._clock() - ended
+                delay = time.monotonic() - ended
                 self.results_after_end["count"] += 1
                 self.results_after_end["longest_wait_s"] = max(self.results_after_end["longest_wait_s"], delay)
                 logger.info("the result of parameter %d came %.1f s after its trial ended", parameter_id, delay)
@@ -150,8 +146,8 @@ class EvolutionWithFlops(Tuner):
                 return
             candidate = self._running.pop(parameter_id)
             if success:
-                timer = self._start_timer(self.result_timeout, self._result_timed_out, parameter_id)
-                self._awaiting[parameter_id] = (candidate, self._clock(), timer)
+                timer = start_timer(self.result_timeout, self._result_timed_out, parameter_id)
+                self._awaiting[parameter_id] = (candidate, time.monotonic(), timer)
                 self.evolution.history[candidate]["status"] = "awaiting result"
                 logger.info("the trial of parameter %d ended before its result reached the tuner: its round waits "
                             "up to %g s for it", parameter_id, self.result_timeout)
@@ -209,13 +205,7 @@ class EvolutionWithFlops(Tuner):
                                               "results_after_trial_end": self.results_after_end,
                                               "resumes": self.resumes})
 
-    # the timers: a late or missing result never holds an NNI thread
-
-    def _start_timer(self, seconds, function, *args):
-        timer = threading.Timer(seconds, function, args)
-        timer.daemon = True
-        timer.start()
-        return timer
+    # the timers (start_timer): a late or missing result never holds an NNI thread
 
     def _result_timed_out(self, parameter_id):
         with self._lock:
@@ -248,17 +238,20 @@ class EvolutionWithFlops(Tuner):
             # NNI 3.0 hands the queued parameters to trials in the order they ask (training_service/v3/compat.js),
             # so two trials started together may swap them, while a trial's end still names the parameter meant
             # for it: an end (or the result_timeout it started) can count out a candidate whose trial runs on.
-            # Its result names what it ran, so it counts whenever it comes while the search runs.
+            # Its result names what it ran, so it counts whenever it comes, after the search's end too.
             if evolution.finished:
-                logger.warning("the result of parameter %d (%s) came after the search finished: not counted",
-                               parameter_id, format_choices(candidate))
-                return
-            closed = record["round"] < evolution.round
-            logger.warning("the result of parameter %d (%s) came after an end counted it %s: taken%s (NNI may "
-                           "report the end of a sibling trial as its own; or raise result_timeout)", parameter_id,
-                           format_choices(candidate), status,
-                           f"; its round {record['round']} closed without it, later rounds see it" if closed else "")
+                where = "the search finished"
+            elif record["round"] < evolution.round:
+                where = f"its round {record['round']} closed without it, later rounds see it"
+            else:
+                where = "its round is still open"
+            logger.warning("the result of parameter %d (%s) came after an end counted it %s: taken (%s; NNI may "
+                           "report the end of a sibling trial as its own, or raise result_timeout)", parameter_id,
+                           format_choices(candidate), status, where)
             self._outcome(candidate, accuracy, before, trial_job_id)
+            if evolution.finished and evolution.ranking[0] == candidate:
+                export_best(self.checkpoint_dir, candidate)
+                logger.warning("it is the best candidate of the search: %s rewritten", BEST_FILE)
         elif status in OUTCOMES:
             logger.info("a second result for parameter %s (%s) ignored: its outcome is final", parameter_id,
                         format_choices(candidate))
@@ -283,7 +276,7 @@ class EvolutionWithFlops(Tuner):
                               "open_in_round": open_in_round, "replayed": {"records": 0}, "trials_nni_resumes": 0}
         self.resumes.append(self._replay.entry)
         logger.info("resumed the search of %s: %d of %d rounds done%s; round %d has %d candidates without an outcome",
-                    state_path, evolution.rounds_done, evolution.max_epochs, ", finished" if evolution.finished
+                    state_path, evolution.rounds_done, evolution.settings.max_epochs, ", finished" if evolution.finished
                     else "", evolution.round, open_in_round)
 
 
@@ -296,9 +289,8 @@ class NNIReplay:
     trial's (its local training service hands parameters out in its own order): those are only checked
     against the search's own records. ``entry`` (this resume's in search_state.json's "resumes") counts both."""
 
-    def __init__(self, evolution, timeout, start_timer, on_timeout):
-        self.evolution, self.timeout = evolution, timeout
-        self._start_timer, self._on_timeout = start_timer, on_timeout
+    def __init__(self, evolution, timeout, on_timeout):
+        self.evolution, self.timeout, self._on_timeout = evolution, timeout, on_timeout
         self.entry = None
         self.rerunning = {}  # candidate -> its timer
 
@@ -321,7 +313,7 @@ class NNIReplay:
                 continue
             queue.remove(candidate)
             record.update(status="resumed by NNI", parameter_id=parameter_id)
-            self.rerunning[candidate] = self._start_timer(self.timeout, self._on_timeout, candidate)
+            self.rerunning[candidate] = start_timer(self.timeout, self._on_timeout, candidate)
             taken += 1
         if self.entry is not None:
             self.entry["trials_nni_resumes"] = taken
@@ -361,6 +353,14 @@ class NNIReplay:
             replayed["records"] += len(data)
             for key, count in counts.items():
                 replayed[key] = replayed.get(key, 0) + count
+
+
+def start_timer(seconds, function, *args):
+    """``function(*args)`` on a thread of its own after ``seconds``, unless the returned timer is cancelled first."""
+    timer = threading.Timer(seconds, function, args)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def parse_result(value):

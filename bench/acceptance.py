@@ -26,7 +26,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from report import emit, markdown_table  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = 4
@@ -114,11 +114,11 @@ class Acceptance:
         return f"mixed decoding, train {rates[0]:.0f} / val {rates[1]:.0f} img/s (first epoch)", min(rates)
 
     def supernet_killed_and_resumed(self):
-        command = [self.python, "supernet.py", *self.common, "--batch-size", str(self.batch), "--epochs", "2",
-                   "--log-frequency", "1", "--output-dir", self.supernet, "--resume"]
-        run(command, self.log("supernet_killed"), self.args.timeout, {"SPOS_TEST_KILL_POINT": "between-writes"},
-            expect=-9)
-        log = run(command, self.log("supernet_resumed"), self.args.timeout)
+        command = ["supernet.py", *self.common, "--batch-size", str(self.batch), "--epochs", "2", "--log-frequency",
+                   "1", "--output-dir", self.supernet, "--resume"]
+        run([self.python, os.path.join("tests", "kill_point.py"), "between-writes", *command],
+            self.log("supernet_killed"), self.args.timeout, expect=-9)
+        log = run([self.python, *command], self.log("supernet_resumed"), self.args.timeout)
         if "1 of 2 epochs done" not in log or "Epoch [2/2] done" not in log:
             raise CheckFailed(f"the relaunch did not continue at epoch 2 (log: {self.log('supernet_resumed')})")
         precision = "bf16 autocast" if self.gpu else "fp32"
@@ -157,7 +157,7 @@ class Acceptance:
         return path
 
     def in_process_search(self):
-        log = run([self.python, "tester.py", "--evolution", "--search-config", self.search_config(), *self.common,
+        log = run([self.python, "-m", "spos.search", "--search-config", self.search_config(), *self.common,
                    "--checkpoint", self.supernet, "--train-iters", "2", "--train-batch-size", str(self.batch),
                    "--test-batch-size", str(self.batch), "--output-dir", os.path.join(self.work, "search")],
                   self.log("search"), self.args.timeout)

@@ -28,7 +28,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from report import emit, markdown_table  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dataloader import ImageFolderLoader, dali_available  # noqa: E402

@@ -20,7 +20,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 from plain_shufflenet import PlainSupernet, plain_score, plain_train_step  # noqa: E402
-from report import emit  # noqa: E402
+from spos.report import emit  # noqa: E402
 from torch import nn  # noqa: E402
 
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402

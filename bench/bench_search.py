@@ -1,9 +1,10 @@
 """The search on digits, candidates per hour: a real `nnictl create` with config_search_cpu.yml (one trial
-process per candidate, two at a time) against `tester.py --evolution` (the same tuner, the same settings, in
-one process), side by side in one run; and where one nnictl trial's time goes.
+process per candidate, two at a time, as demo.py runs it) against `python -m spos.search` (the same evolution, the
+same settings, in one process), side by side in one run; and where one nnictl trial's time goes.
 
-Both are timed by the wall clock from the command to the last scored candidate, start-up included. The
-supernet is an untrained one (speed does not depend on the weights) unless --checkpoint names one.
+Both are timed by the wall clock from the command to the last scored candidate, start-up included (the nnictl
+search as demo.py's summary times it). The supernet is an untrained one (speed does not depend on the weights)
+unless --checkpoint names one.
 
     python bench/bench_search.py                      # 4 rounds of 10 candidates each way: about 5 minutes
 """
@@ -23,11 +24,14 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from report import emit  # noqa: E402
 
-import demo  # noqa: E402
 from network import ShuffleNetV2OneShot  # noqa: E402
+from spos.report import emit  # noqa: E402
+from spos.search_state import EXPORT_DIR, TABLE_FILE, read_table  # noqa: E402
 from utils import run_main  # noqa: E402
+
+DIGITS = os.path.join(ROOT, "data", "digits")
+SEARCH_CONFIG = os.path.join(ROOT, "config_search_cpu.yml")
 
 TRIAL_PARTS = ("start-up", "data", "checkpoint load", "evaluation before", "BN recalibration", "evaluation after",
                "total")
@@ -43,13 +47,17 @@ def parse_args(argv=None):
 
 
 def in_process_command(config, checkpoint, search_config, output_dir):
-    """config_search_cpu.yml's trial command with its settings, turned into the in-process search."""
+    """A config's trial command with its settings, turned into the in-process search with its tuner's."""
     words = shlex.split(config["trialCommand"])
     start = words.index("tester.py") + 1
     settings = words[start:]
     settings[settings.index("--checkpoint") + 1] = checkpoint
-    return [sys.executable, "tester.py", "--evolution", "--search-config", search_config, "--output-dir",
-            output_dir, *settings]
+    return [sys.executable, "-m", "spos.search", "--search-config", search_config, "--output-dir", output_dir,
+            *settings]
+
+
+def scored(search_dir):
+    return sum(row["accuracy"] is not None for row in read_table(os.path.join(search_dir, TABLE_FILE)))
 
 
 def trial_breakdown(experiment_dir):
@@ -69,9 +77,9 @@ def trial_breakdown(experiment_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isdir(os.path.join(demo.DATA, "val")):
+    if not os.path.isdir(os.path.join(DIGITS, "val")):
         subprocess.run([sys.executable, "data/make_digits.py"], cwd=ROOT, check=True)
-    with open(demo.SEARCH_CONFIG) as f:
+    with open(SEARCH_CONFIG) as f:
         config = yaml.safe_load(f)
     work = tempfile.mkdtemp(prefix="bench_search_")
     checkpoint = args.checkpoint
@@ -83,31 +91,27 @@ def main(argv=None):
     tuner_args = config["tuner"]["classArgs"]
     rounds, population = args.rounds or tuner_args["max_epochs"], args.population or tuner_args["num_population"]
 
-    # nnictl, as the demo runs it (config_search_cpu.yml, rounds and population overridden alike)
-    runner = demo.Demo(demo.parse_args(["--output-dir", os.path.join(work, "nnictl"), "--search-rounds",
-                                        str(rounds), "--search-population", str(population)]))
-    os.makedirs(os.path.join(runner.out, "logs"))
-    try:
-        search_dir = runner.search(os.path.dirname(checkpoint))
-    finally:
-        runner.stop_experiment()
-    nnictl_seconds = runner.timings["search"]
-    nnictl_scored = demo.count_scored(os.path.join(search_dir, "candidates.csv"))
+    # nnictl, as the demo runs it (config_search_cpu.yml, rounds and population overridden alike), timed by it
+    demo_dir = os.path.join(work, "nnictl")
+    done = subprocess.run([sys.executable, "demo.py", "--supernet", checkpoint, "--supernet-paths", "1",
+                           "--scratch-epochs", "1", "--search-rounds", str(rounds), "--search-population",
+                           str(population), "--output-dir", demo_dir], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"the nnictl search (demo.py) failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    nnictl_seconds = float(re.search(r"time: search\s+(\d+) s", done.stdout).group(1))
+    (search_dir,) = glob.glob(os.path.join(demo_dir, "nni-experiments", "*", "log", EXPORT_DIR))
+    nnictl_scored = scored(search_dir)
     breakdown, trials = trial_breakdown(os.path.dirname(os.path.dirname(search_dir)))
 
     # in process, with the tuner arguments the nnictl search used
-    with open(os.path.join(runner.out, "config_search_demo.yml")) as f:
-        tuner_config = {"tuner": {"classArgs": yaml.safe_load(f)["tuner"]["classArgs"]}}
-    search_config = os.path.join(work, "in_process.yml")
-    with open(search_config, "w") as f:
-        yaml.safe_dump(tuner_config, f)
-    command = in_process_command(config, os.path.dirname(checkpoint), search_config, os.path.join(work, "in_process"))
+    command = in_process_command(config, os.path.dirname(checkpoint), os.path.join(demo_dir, "config_search_demo.yml"),
+                                 os.path.join(work, "in_process"))
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     in_process_seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"the in-process search failed:\n{done.stderr[-3000:]}")
-    in_process_scored = demo.count_scored(os.path.join(work, "in_process", "checkpoints", "candidates.csv"))
+    in_process_scored = scored(os.path.join(work, "in_process", EXPORT_DIR))
 
     nnictl_rate = nnictl_scored / nnictl_seconds * 3600
     in_process_rate = in_process_scored / in_process_seconds * 3600
@@ -116,7 +120,7 @@ def main(argv=None):
              "| search | candidates scored | wall clock (s) | candidates/hour | ratio |", "|---|---:|---:|---:|---:|",
              f"| nnictl create (a process per candidate, 2 at a time) | {nnictl_scored} | {nnictl_seconds:.1f} | "
              f"{nnictl_rate:.0f} | 1.00x |",
-             f"| tester.py --evolution (one process) | {in_process_scored} | {in_process_seconds:.1f} | "
+             f"| python -m spos.search (one process) | {in_process_scored} | {in_process_seconds:.1f} | "
              f"{in_process_rate:.0f} | {in_process_rate / nnictl_rate:.2f}x |", "",
              f"### one nnictl trial, mean of {trials} (s)", "",
              "| " + " | ".join(TRIAL_PARTS) + " |", "|" + "---:|" * len(TRIAL_PARTS),

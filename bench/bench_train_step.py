@@ -32,7 +32,7 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 
-from report import emit, markdown_table  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 
 from utils import UserError, run_main  # noqa: E402
 

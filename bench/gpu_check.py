@@ -21,7 +21,7 @@ import random  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
-from report import emit, markdown_table  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
 from network import (NUM_CHOICES, NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, fold_batch_norms,  # noqa: E402

@@ -30,7 +30,7 @@ import random  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
-from report import emit, markdown_table  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dataloader import ImageFolderLoader, scoring_batches  # noqa: E402

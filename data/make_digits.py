@@ -24,7 +24,7 @@ AUGMENTATION = {"min_crop_area": 0.8, "mirror": False, "color_jitter": 0.0}
 # The steps' defaults for these digits (options.parse_args_with_recipe; flags given on the command line win).
 # 32x32 input, batch 64 (Megvii's learning rate scaled to it); the supernet warm-starts (spos/warm_start.py): from
 # random weights its random paths stay at chance for thousands of steps here. The trials score as the CPU
-# search config always did: 20 recalibration batches of 64, the whole val split in one batch. bench_ranking.py's
+# search config always did: 20 recalibration batches of 64, the whole val split in one batch. reproduction.rank's
 # stand-alone runs: 10 epochs kept the architectures apart better than 20 (seed-to-seed tau 0.30 against -0.02:
 # after 20 epochs all are at 97-99 %, within 7 of the 300 val images).
 RECIPE = {
@@ -32,7 +32,7 @@ RECIPE = {
                     "warm_start_fit_steps": 200, "workers": 1},
     "tester.py": {"train_batch_size": 64, "train_iters": 20, "test_batch_size": 300, "workers": 1},
     "scratch.py": {"input_size": 32, "batch_size": 64, "epochs": 10, "workers": 1},
-    "bench_ranking.py": {"epochs": 10},
+    "reproduction.rank": {"epochs": 10},
 }
 
 

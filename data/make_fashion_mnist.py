@@ -1,6 +1,6 @@
 """Write a class-balanced subset of Fashion-MNIST as JPEGs in ImageNet layout: harder data than the digits, with
-a val split large enough to tell architectures apart (bench/reproduce.py, bench/bench_ranking.py; README
-"Reproduction results").
+a val split large enough to tell architectures apart (python -m reproduction.reproduce, python -m
+reproduction.rank; README "Reproduction results").
 
     sudo apt-get install dataset-fashion-mnist       # Debian's package (MIT): all 70,000 images as IDX files
     python data/make_fashion_mnist.py                # data/fashion/{train,val}/<class>/<index>.JPEG
@@ -31,8 +31,8 @@ AUGMENTATION = {"min_crop_area": 0.8, "mirror": True, "color_jitter": 0.0}
 # reproduce.py's 54 runs take about 40 min on 2 cores; README "Reproduction results" has the set-ups measured and
 # why this one.
 CHANGES = {"supernet.py": {"epochs": 4, "small_input": True}, "tester.py": {"test_batch_size": 500},
-           "scratch.py": {"epochs": 5, "small_input": True}, "bench_ranking.py": {"epochs": 1},
-           "reproduce.py": {"epochs": 1, "seeds": 2}}
+           "scratch.py": {"epochs": 5, "small_input": True}, "reproduction.rank": {"epochs": 1},
+           "reproduction.reproduce": {"epochs": 1, "seeds": 2}}
 RECIPE = {script: {**DIGITS_RECIPE.get(script, {}), **CHANGES.get(script, {})}
           for script in {**DIGITS_RECIPE, **CHANGES}}
 

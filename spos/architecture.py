@@ -4,9 +4,8 @@ channel architecture adds ChannelChoice1..20 (scale indices 0..7 into 0.2x..1.6x
 Megvii's released lists {"architecture": [20 blocks], "scale_ids": [20 indices]} (or "channels_scales": [20
 scales]); it is read as 40 genes, the 20 blocks then the 20 scale indices (network.split_architecture)."""
 import json
-import os
-import tempfile
 
+from spos.files import write_text
 from utils import UserError
 
 
@@ -138,9 +137,4 @@ def architecture_to_json(genes):
 def write_architecture(path, choices):
     """Write ``choices`` (20 or 40 genes) as architecture_final.json does, one key per line, atomically."""
     lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in architecture_to_json(choices).items()]
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write("{\n" + ",\n".join(lines) + "\n}\n")
-    os.replace(tmp_path, path)
+    write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")

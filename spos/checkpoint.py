@@ -1,52 +1,42 @@
-"""Checkpoints and random state: atomic writes, the state `--resume` continues from, seeds.
+"""Checkpoint files: where a run's are (``epoch_N.pth.tar`` in its folder) and which one a user's ``--checkpoint``
+means, the weights and the training state each epoch writes, what ``--resume`` continues from, and the random
+state and seeds. (What a weights file holds, official or this project's, is read by network.read_checkpoint.)
 
-After each epoch a run writes its training state first and the epoch's weights second, each atomically, so a
-kill at any moment leaves a state to continue from: the previous epoch's (the epoch in flight is trained
-again) or this epoch's, from which a resume writes the weights again if the kill came before them.
+After each epoch a run writes its training state first and the epoch's weights second, each atomically
+(spos/files.py), so a kill at any moment leaves a state to continue from: the previous epoch's (the epoch in flight
+is trained again) or this epoch's, from which a resume writes the weights again if the kill came before them.
 """
 import glob
 import os
 import random
-import signal
-import tempfile
+import re
 
 import torch
 
+from network import read_checkpoint
+from spos.files import remove_interrupted_writes, save_tensors
 from utils import UserError, logger
 
-TEMP_PREFIX = ".tmp-"
-KILL_POINT_VARIABLE = "SPOS_TEST_KILL_POINT"
+STATE_FILE = "training_state.pth.tar"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
 
 
-def kill_point_for_tests(name):
-    """Test-only: SIGKILL this process at ``name`` when $SPOS_TEST_KILL_POINT is set to it (tests/test_resume.py
-    stops runs where a timed kill rarely lands)."""
-    if os.environ.get(KILL_POINT_VARIABLE) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+def find_checkpoint(path):
+    """The weights file a user's ``--checkpoint`` means: the file itself, or for a folder (supernet.py's output) its
+    epoch_N.pth.tar with the largest N; one clear error when there is none."""
+    if os.path.isdir(path):
+        epochs = [(int(m.group(1)), name) for name in os.listdir(path) if (m := _EPOCH_FILE.match(name))]
+        if not epochs:
+            raise UserError(f"{path}: no epoch_N.pth.tar inside (train the supernet first: python supernet.py)")
+        path = os.path.join(path, max(epochs)[1])
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: checkpoint not found (train the supernet first, or pass --checkpoint)")
+    return path
 
 
-def atomic_save(obj, path):
-    """torch.save through a temporary file, fsync and a rename, so a crash never leaves a torn checkpoint; the
-    folder is synced too, so that successive saves reach the disk in the order they were made."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".pth.tar", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        kill_point_for_tests("before-rename")
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+def checkpoint_options(path):
+    """The network options supernet.py records in a weights file ({} for Megvii's, which records none)."""
+    return read_checkpoint(path)[1] or {}
 
 
 def load_training_state(path):
@@ -104,7 +94,7 @@ def weights_path(output_dir, epoch):
 def save_training_state(path, epoch, model, optimizer, scheduler, extra=None, **generators):
     """All ``--resume`` needs after ``epoch`` (1-based) epochs, the first of an epoch's two writes. ``extra``
     (plain data) goes into the state; ``generators`` are random.Random objects to restore too."""
-    atomic_save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+    save_tensors({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": get_rng_state(**generators),
                  **(extra or {})}, path)
 
@@ -113,11 +103,10 @@ def save_weights(output_dir, epoch, state_dict, network=None):
     """The weights after ``epoch`` epochs as ``epoch_{epoch}.pth.tar`` (``{'state_dict', 'epoch'}``, what
     network.load_weights reads, and ``network``: the options the net was built with, which tester.py builds
     it with again), the second of an epoch's two writes."""
-    kill_point_for_tests("between-writes")
     weights = {"state_dict": state_dict, "epoch": epoch}
     if network is not None:
         weights["network"] = network
-    atomic_save(weights, weights_path(output_dir, epoch))
+    save_tensors(weights, weights_path(output_dir, epoch))
 
 
 def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler, expect=None, repair=True,
@@ -137,7 +126,7 @@ def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler,
                             f"resume needs the state, so start over in another --output-dir or remove them")
         logger.info("%s: nothing saved yet, starting from the beginning", path)
         if repair:
-            _remove_interrupted_writes(output_dir)
+            remove_interrupted_writes(output_dir)
         return None
     state = load_training_state(path)
     for key, value in (expect or {}).items():
@@ -156,7 +145,7 @@ def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler,
     set_rng_state(state["rng"], **generators)
     logger.info("resuming from %s: %d of %d epochs done", path, state["epoch"], epochs)
     if repair:
-        _remove_interrupted_writes(output_dir)
+        remove_interrupted_writes(output_dir)
         if state["epoch"] > 0 and not os.path.exists(weights_path(output_dir, state["epoch"])):
             logger.warning("%s is missing (the run was stopped before writing it): writing it again from %s",
                            weights_path(output_dir, state["epoch"]), path)
@@ -165,11 +154,3 @@ def resume_training(output_dir, state_file, epochs, model, optimizer, scheduler,
         logger.info("nothing left to train")
     return state
 
-
-def _remove_interrupted_writes(output_dir):
-    """The temporary files of atomic_save and architecture.write_architecture that a kill left behind (a
-    training state's can be gigabytes)."""
-    for suffix in (".pth.tar", ".json"):
-        for leftover in glob.glob(os.path.join(glob.escape(output_dir), f"{TEMP_PREFIX}*{suffix}")):
-            os.unlink(leftover)
-            logger.info("removed %s, left by an interrupted write", leftover)

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import random
+from dataclasses import asdict, dataclass, field, fields
 
 from network import NUM_LAYERS, PAPER_INPUT_SIZE, paper_flops
 from spos.architecture import format_choices
@@ -23,43 +24,67 @@ from spos.search_state import OUTCOMES, genes_as_fields, genes_of
 logger = logging.getLogger("spos.evolution")
 
 
+@dataclass(frozen=True)
+class EvolutionSettings:
+    """What defines a search, with Megvii's defaults: the one declaration the NNI tuner's class arguments, the
+    in-process search's flags and search_state.json's "settings" all come from. A ValueError names a bad one."""
+    max_epochs: int = field(default=20, metadata={"help": "rounds"})
+    num_population: int = field(default=50, metadata={"help": "candidates a round"})
+    num_select: int = field(default=10, metadata={"help": "parents: the best this many seen so far, in all rounds"})
+    num_mutation: int = field(default=25, metadata={"help": "mutants a round (each gene drawn again with m_prob)"})
+    num_crossover: int = field(default=25, metadata={"help": "crosses of two parents a round"})
+    m_prob: float = field(default=0.1, metadata={"help": "probability that a mutant's gene is drawn again"})
+    flops_limit: float = field(default=330e6, metadata={"help": "most FLOPs a candidate may have, at 224x224 and "
+                                                                "1,000 classes whatever the data (the paper's units)"})
+    seed: int = field(default=42, metadata={"help": "fixes the whole search: the same seed and results give the "
+                                                    "same candidates"})
+    max_attempts: int = field(default=None, metadata={"help": "random draws a round may take before it gives up on "
+                                                             "filling itself (default: 100 per candidate)"})
+
+    def __post_init__(self):
+        _positive_int("max_epochs", self.max_epochs)
+        _positive_int("num_population", self.num_population)
+        _positive_int("num_select", self.num_select)
+        _positive_int("num_mutation", self.num_mutation, allow_zero=True)
+        _positive_int("num_crossover", self.num_crossover, allow_zero=True)
+        if self.num_select > self.num_population:
+            raise ValueError(f"num_select ({self.num_select}) must not exceed num_population ({self.num_population})")
+        if self.num_mutation + self.num_crossover > self.num_population:
+            raise ValueError(f"num_mutation + num_crossover ({self.num_mutation} + {self.num_crossover}) must not "
+                             f"exceed num_population ({self.num_population})")
+        try:  # YAML reads 330e6 as text
+            object.__setattr__(self, "m_prob", float(self.m_prob))
+            object.__setattr__(self, "flops_limit", float(self.flops_limit))
+        except (TypeError, ValueError):
+            raise ValueError(f"m_prob and flops_limit must be numbers, got {self.m_prob!r} and "
+                             f"{self.flops_limit!r}") from None
+        if not 0.0 <= self.m_prob <= 1.0:
+            raise ValueError(f"m_prob must be in [0, 1], got {self.m_prob}")
+        if not self.flops_limit > 0:
+            raise ValueError(f"flops_limit must be positive, got {self.flops_limit}")
+        if self.max_attempts is None:
+            object.__setattr__(self, "max_attempts", 100 * self.num_population)
+        _positive_int("max_attempts", self.max_attempts)
+
+    @classmethod
+    def of(cls, settings):
+        """From a dict (a config's classArgs): a ValueError names a key that is not a setting."""
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a setting of the evolution (one of "
+                             f"{', '.join(f.name for f in fields(cls))})")
+        return cls(**settings)
+
+
 class Evolution:
     """The search's candidates (``history``: every one ever generated, in order, with its record), the ones
-    with an accuracy best first (``ranking``), and the rounds. ``seed`` fixes the whole search: the same seed
-    and the same results give the same candidates. ``max_attempts``: random draws allowed per round before
-    giving up on filling it (default 100 per candidate), so a limit almost nothing meets ends the search with
-    a message instead of spinning."""
+    with an accuracy best first (``ranking``), and the rounds, under ``settings`` (EvolutionSettings' keyword
+    arguments). ``max_attempts`` bounds the random draws of a round, so a limit almost nothing meets ends the
+    search with a message instead of spinning."""
 
-    def __init__(self, max_epochs=20, num_population=50, num_select=10, num_mutation=25, num_crossover=25,
-                 m_prob=0.1, flops_limit=330e6, seed=42, max_attempts=None):
-        self.max_epochs = _positive_int("max_epochs", max_epochs)
-        self.num_population = _positive_int("num_population", num_population)
-        self.num_select = _positive_int("num_select", num_select)
-        self.num_mutation = _positive_int("num_mutation", num_mutation, allow_zero=True)
-        self.num_crossover = _positive_int("num_crossover", num_crossover, allow_zero=True)
-        if self.num_select > self.num_population:
-            raise ValueError(f"num_select ({num_select}) must not exceed num_population ({num_population})")
-        if self.num_mutation + self.num_crossover > self.num_population:
-            raise ValueError(f"num_mutation + num_crossover ({num_mutation} + {num_crossover}) must not exceed "
-                             f"num_population ({num_population})")
-        try:
-            self.m_prob = float(m_prob)
-            self.flops_limit = float(flops_limit)
-        except (TypeError, ValueError):
-            raise ValueError(f"m_prob and flops_limit must be numbers, got {m_prob!r} and {flops_limit!r}") from None
-        if not 0.0 <= self.m_prob <= 1.0:
-            raise ValueError(f"m_prob must be in [0, 1], got {m_prob}")
-        if not self.flops_limit > 0:
-            raise ValueError(f"flops_limit must be positive, got {flops_limit}")
-        self.seed = seed
-        self.max_attempts = (100 * self.num_population if max_attempts is None
-                             else _positive_int("max_attempts", max_attempts))
-        # what defines the search: a resume must find the same in search_state.json
-        self.settings = {"max_epochs": self.max_epochs, "num_population": self.num_population,
-                         "num_select": self.num_select, "num_mutation": self.num_mutation,
-                         "num_crossover": self.num_crossover, "m_prob": self.m_prob, "flops_limit": self.flops_limit,
-                         "seed": self.seed, "max_attempts": self.max_attempts}
-        self.rng = random.Random(seed)
+    def __init__(self, **settings):
+        self.settings = EvolutionSettings.of(settings)
+        self.rng = random.Random(self.settings.seed)
         self.choices = None  # allowed block indices per layer, from the search space
         self.round = 0  # rounds started
         self.rounds_done = 0
@@ -74,18 +99,18 @@ class Evolution:
         self.choices = parse_search_space(search_space)
 
     def describe(self):
-        return (f"SPOS evolution: {self.max_epochs} rounds of {self.num_population} candidates ({self.num_mutation} "
-                f"mutation, {self.num_crossover} crossover, the rest random; parents from the best {self.num_select} "
-                f"so far), m_prob {self.m_prob:g}, FLOPs <= {self.flops_limit / 1e6:.1f}M at {PAPER_INPUT_SIZE}x"
-                f"{PAPER_INPUT_SIZE}, seed {self.seed}")
+        return (f"SPOS evolution: {self.settings.max_epochs} rounds of {self.settings.num_population} candidates ({self.settings.num_mutation} "
+                f"mutation, {self.settings.num_crossover} crossover, the rest random; parents from the best {self.settings.num_select} "
+                f"so far), m_prob {self.settings.m_prob:g}, FLOPs <= {self.settings.flops_limit / 1e6:.1f}M at {PAPER_INPUT_SIZE}x"
+                f"{PAPER_INPUT_SIZE}, seed {self.settings.seed}")
 
     # the rounds
 
     def start(self):
         """Round 1, or the end of the search when no candidate can meet the limit."""
         smallest = self.min_flops()
-        if smallest > self.flops_limit:
-            self._finish(f"flops_limit {self.flops_limit:.4g} is below the smallest candidate of the search space "
+        if smallest > self.settings.flops_limit:
+            self._finish(f"flops_limit {self.settings.flops_limit:.4g} is below the smallest candidate of the search space "
                          f"({smallest / 1e6:.1f}M FLOPs at {PAPER_INPUT_SIZE}x{PAPER_INPUT_SIZE}): no candidate is "
                          f"legal, nothing to search; raise flops_limit", error=True)
         else:
@@ -123,10 +148,10 @@ class Evolution:
         parents = self.parents()
         best = self.history[parents[0]]
         logger.info("round %d/%d done: %d of %d candidates scored, best %.4f, mean %.4f | best so far %.4f (%.1fM "
-                    "FLOPs, round %d): %s", number, self.max_epochs, len(scored), len(members), max(scored),
+                    "FLOPs, round %d): %s", number, self.settings.max_epochs, len(scored), len(members), max(scored),
                     sum(scored) / len(scored), best["accuracy"], best["flops"] / 1e6, best["round"],
                     format_choices(parents[0]))
-        if number >= self.max_epochs:
+        if number >= self.settings.max_epochs:
             self._finish(f"search finished after {number} rounds, {len(self.history)} candidates: best accuracy "
                          f"{best['accuracy']:.4f} at {best['flops'] / 1e6:.1f}M FLOPs")
         else:
@@ -137,11 +162,11 @@ class Evolution:
         self.round += 1
         population = self.next_population()
         if not population:
-            self._finish(f"round {self.round}: no legal candidate left to evaluate (flops_limit {self.flops_limit:.4g}"
+            self._finish(f"round {self.round}: no legal candidate left to evaluate (flops_limit {self.settings.flops_limit:.4g}"
                          f", {len(self.history)} candidates seen)", error=True)
             return
         origins = [self.history[c]["origin"] for c in population]
-        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)", self.round, self.max_epochs,
+        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)", self.round, self.settings.max_epochs,
                     len(population), origins.count("mutation"), origins.count("crossover"), origins.count("random"))
 
     def _finish(self, message, error=False):
@@ -173,20 +198,20 @@ class Evolution:
         return total
 
     def is_legal(self, candidate):
-        return candidate not in self.history and self.flops(candidate) <= self.flops_limit
+        return candidate not in self.history and self.flops(candidate) <= self.settings.flops_limit
 
     def random_candidate(self):
         return tuple(self.rng.choice(allowed) for allowed in self.choices)
 
     def mutate(self, parent):
-        return tuple(self.rng.choice(allowed) if self.rng.random() < self.m_prob else gene
+        return tuple(self.rng.choice(allowed) if self.rng.random() < self.settings.m_prob else gene
                      for gene, allowed in zip(parent, self.choices))
 
     def crossover(self, first, second):
         return tuple(a if self.rng.random() < 0.5 else b for a, b in zip(first, second))
 
     def parents(self):
-        return self.ranking[:self.num_select]
+        return self.ranking[:self.settings.num_select]
 
     def next_population(self):
         """This round's candidates (each recorded in ``history``): mutation and crossover of the parents (10
@@ -210,16 +235,16 @@ class Evolution:
 
         parents = self.parents()
         if parents:
-            fill(self.num_mutation, 10 * self.num_mutation, lambda: self.mutate(self.rng.choice(parents)), "mutation")
-            fill(self.num_crossover, 10 * self.num_crossover,
+            fill(self.settings.num_mutation, 10 * self.settings.num_mutation, lambda: self.mutate(self.rng.choice(parents)), "mutation")
+            fill(self.settings.num_crossover, 10 * self.settings.num_crossover,
                  lambda: self.crossover(self.rng.choice(parents), self.rng.choice(parents)), "crossover")
         elif self.round > 1:
             logger.warning("round %d: no candidate has an accuracy yet, so no parents: all random", self.round)
-        wanted = self.num_population - len(population)
-        found = fill(wanted, self.max_attempts, self.random_candidate, "random")
+        wanted = self.settings.num_population - len(population)
+        found = fill(wanted, self.settings.max_attempts, self.random_candidate, "random")
         if found < wanted:
             logger.warning("round %d: found only %d of %d random candidates in %d draws: flops_limit %.4g leaves "
-                           "few legal candidates", self.round, found, wanted, self.max_attempts, self.flops_limit)
+                           "few legal candidates", self.round, found, wanted, self.settings.max_attempts, self.settings.flops_limit)
         return population
 
     def _rank_key(self, candidate):
@@ -231,7 +256,7 @@ class Evolution:
         """The search as plain data: settings, search space, rounds, every candidate with its record (in the
         order generated), the random state (search_state.json adds its summaries)."""
         version, internal, gauss = self.rng.getstate()
-        return {"settings": self.settings, "search_space": [list(c) for c in self.choices],
+        return {"settings": asdict(self.settings), "search_space": [list(c) for c in self.choices],
                 "finished": self.finished, "error": self.error, "round": self.round, "rounds_done": self.rounds_done,
                 "random_state": [version, list(internal), gauss],
                 "history": [{**genes_as_fields(c), **{k: v for k, v in r.items() if k != "order"}}
@@ -241,7 +266,7 @@ class Evolution:
         """Continue the search of ``state`` (what ``state()`` gave; ``source`` names its file in errors): the
         same settings and search space are required. The current round's candidates without an outcome are
         queued again; returns how many."""
-        settings, saved = json.loads(json.dumps(self.settings)), state.get("settings") or {}
+        settings, saved = json.loads(json.dumps(asdict(self.settings))), state.get("settings") or {}
         changed = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in settings.items()
                    if saved.get(key) != value]
         if changed:

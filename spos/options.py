@@ -8,6 +8,7 @@ from utils import UserError
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder above spos/
 RECIPE_FILE = "recipe.json"
+DEFAULT_SEED = 42  # NNI's
 # Megvii's trained supernet, where NNI's example expects it
 OFFICIAL_CHECKPOINT = "./data/checkpoint-150000.pth.tar"
 # flags a recipe may not set: where things are, what to resume, and the dataset itself
@@ -35,6 +36,27 @@ def add_small_input_argument(group):
                             "every kernel choice matters, at 4x the compute; no official checkpoint has it")
 
 
+def add_scoring_arguments(parser):
+    """The flags of the commands that score paths of a trained supernet as NNI's tester did (tester.py, the
+    in-process search, the random-path check): the data, the supernet, the recalibration and evaluation batches,
+    how and where it runs (NNI's names and defaults). Their recipe section is "tester.py"."""
+    group = add_data_arguments(parser, workers=6)
+    parser.set_defaults(input_size=None)  # the checkpoint's: see scoring.resolve_scoring_arguments
+    group.add_argument("--train-batch-size", type=int, default=128, help="batch for BN recalibration")
+    group.add_argument("--test-batch-size", type=int, default=512)
+    group.add_argument("--cache-dir", default=None,
+                       help="keep the decoded recalibration and val tensors in a file here, which later trials "
+                            "load instead of decoding the same images (ImageNet: tens of GB; digits: 20 MB)")
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--checkpoint", default=OFFICIAL_CHECKPOINT,
+                       help="supernet weights (official or supernet.py's); a folder means its newest epoch_N.pth.tar")
+    group.add_argument("--train-iters", type=int, default=200,
+                       help="training batches for BN recalibration; 0 keeps the checkpoint's statistics")
+    add_performance_arguments(parser)
+    add_device_arguments(parser.add_argument_group("run"))
+    return group
+
+
 def add_optimisation_arguments(parser, batch_size, epochs):
     """The SGD flags supernet.py and scratch.py share; returns the group for more."""
     group = parser.add_argument_group("optimisation")
@@ -57,6 +79,25 @@ def add_performance_arguments(parser):
                        help="channels-last memory format (1.4-1.7x on CPU, needed by tensor cores)")
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="bf16 autocast or fp32; auto: bf16 on a GPU, fp32 on a CPU")
+    return group
+
+
+def add_run_arguments(parser, output_dir):
+    """Where a training run writes, whether it continues, where it runs, how often it logs, its seed (NNI's names
+    and defaults); returns the group for more."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--output-dir", default=output_dir)
+    group.add_argument("--resume", action="store_true", default=False,
+                       help="continue from <output-dir>/training_state.pth.tar (start the run when there is none)")
+    add_device_arguments(group)
+    return group
+
+
+def add_device_arguments(group):
+    """Where a step runs, how often it logs, its seed."""
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--log-frequency", type=int, default=10)
+    group.add_argument("--seed", type=int, default=DEFAULT_SEED)
     return group
 
 

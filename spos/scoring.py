@@ -4,32 +4,30 @@ batch norm (reset every BN's running statistics, then training batches in train 
 averaged cumulatively), evaluate again. Each candidate is scored on a copy of its path
 (``network.path_network``) with BN folded into the convs, so the supernet is never modified.
 """
-import os
 import random
-import re
 import time
 
 import torch
 from torch import nn
 
-from dataloader import cycle_batches, scoring_batches, scoring_loaders
 from network import (REFERENCE_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_state_dict_checked, paper_flops,
                      path_network, random_architecture, read_checkpoint)
+from spos.checkpoint import checkpoint_options, find_checkpoint
 from spos.hardware import autocast, prepare_model
 from spos.loops import evaluate
+from spos.scoring_data import cycle_batches
 from utils import UserError, logger
 
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth\.tar$")
 
-
-def resolve_checkpoint(path):
-    """``path`` itself, or for a folder (supernet.py's output) its epoch_N.pth.tar with the largest N."""
-    if not os.path.isdir(path):
-        return path
-    epochs = [(int(m.group(1)), name) for name in os.listdir(path) if (m := _EPOCH_FILE.match(name))]
-    if not epochs:
-        raise UserError(f"{path}: no epoch_N.pth.tar inside (train the supernet first: python supernet.py)")
-    return os.path.join(path, max(epochs)[1])
+def resolve_scoring_arguments(args):
+    """Check the scoring flags (options.add_scoring_arguments) of a command; --checkpoint becomes the weights file
+    it means, and --input-size, unless given, the one that supernet was trained at."""
+    if args.train_iters < 0 or args.train_batch_size < 1 or args.test_batch_size < 1:
+        raise UserError("--train-iters must be >= 0 and the batch sizes positive, got "
+                        f"{args.train_iters}, {args.train_batch_size}, {args.test_batch_size}")
+    args.checkpoint = find_checkpoint(args.checkpoint)
+    args.input_size = input_size_of(args.checkpoint, args.input_size)
+    return args
 
 
 def input_size_of(checkpoint, requested=None):
@@ -37,12 +35,7 @@ def input_size_of(checkpoint, requested=None):
     network was trained at (supernet.py records it), else the paper's 224."""
     if requested is not None:
         return requested
-    return network_options_of(checkpoint).get("input_size", REFERENCE_INPUT_SIZE)
-
-
-def network_options_of(checkpoint):
-    """The network options supernet.py records in a checkpoint ({} for Megvii's, which records none)."""
-    return read_checkpoint(checkpoint)[1] or {}
+    return checkpoint_options(checkpoint).get("input_size", REFERENCE_INPUT_SIZE)
 
 
 def random_legal_paths(count, flops_limit, seed, channel_search=False, min_flops=0):
@@ -130,26 +123,3 @@ def evaluate_candidate(model, architecture, train_loader, val_loader, train_iter
         seconds["recalibration"] = seconds["evaluation_after"] = 0.0
     return {"accuracy_before_recalibration": before["top1"], "accuracy": after["top1"], "top5": after["top5"],
             "loss": after["loss"], "images": after["images"], "seconds": seconds}
-
-
-def load_scoring_data(args, device, keep):
-    """The recalibration batches and the val set as ``(train, val, classes, source)``: decoded once and kept
-    (``keep``, or with ``--cache-dir``: from or into the cache file), else loaders that decode as they go, so
-    a trial needs memory for one batch, not for the whole val set."""
-    if keep or args.cache_dir:
-        return scoring_batches(args.imagenet_dir, train_batch_size=args.train_batch_size,
-                               train_iters=args.train_iters, test_batch_size=args.test_batch_size,
-                               input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
-                               workers=args.workers, backend=args.loader, device=device, seed=args.seed,
-                               cache_dir=args.cache_dir)
-    train_loader, val_loader = scoring_loaders(args.imagenet_dir, train_batch_size=args.train_batch_size,
-                                               test_batch_size=args.test_batch_size, input_size=args.input_size,
-                                               spos_preprocessing=args.spos_preprocessing, workers=args.workers,
-                                               backend=args.loader, device=device, seed=args.seed)
-    return train_loader, val_loader, train_loader.classes, f"{train_loader.backend} loader, decoded as used"
-
-
-def log_scoring_data(train, val, classes, source, train_iters, seconds):
-    val_images = val.num_images if hasattr(val, "num_images") else sum(len(labels) for _, labels in val.batches)
-    logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", train_iters, val_images,
-                len(classes), source, seconds)

@@ -1,8 +1,17 @@
-"""The evolution search in one process, without nnictl (``python tester.py --evolution``): the evolution
-the NNI tuner drives (spos/evolution.py) with the ``tuner.classArgs`` of ``--search-config``, each round's
-candidates scored side by side by ``--search-workers`` processes on data decoded once and kept in memory; it
-writes the same files as the nnictl search (spos/search_state.py). ``--resume`` continues a search that stopped
-(Ctrl-C, a crash) from its search_state.json: the candidates already scored are not scored again.
+"""The evolution search in one process, without nnictl: the evolution the NNI tuner drives (spos/evolution.py),
+each round's candidates scored side by side by ``--search-workers`` processes on data decoded once and kept in
+memory; it writes the same files as the nnictl search (spos/search_state.py) into <output-dir>/checkpoints.
+``--resume`` continues a search that stopped (Ctrl-C, a crash) from its search_state.json: the candidates already
+scored are not scored again.
+
+    python -m spos.search --checkpoint checkpoints                                   # Megvii's settings
+    python -m spos.search --checkpoint checkpoints --search-config config_search_cpu.yml --flops-limit 300e6
+
+The evolution's settings: each flag given, else the --search-config's tuner.classArgs (an NNI config, so that
+both searches run alike), else Megvii's default; the log and args.json say which came from where. The scoring
+flags are tester.py's, with the dataset's "tester.py" recipe. --seed, when given, seeds both the evolution and the
+data (recalibration batches), as it says; without it the evolution takes the config's seed and the data the
+trials' default, so that the search scores as the nnictl search's trials do.
 """
 import argparse
 import concurrent.futures
@@ -11,57 +20,110 @@ import multiprocessing
 import os
 import tempfile
 import time
+from dataclasses import asdict, fields
 
 import torch
 
 from spos.architecture import format_choices
-from spos.evolution import Evolution
-from spos.hardware import compute_dtype
-from spos.scoring import (evaluate_candidate, input_size_of, load_scoring_data, load_supernet, log_scoring_data,
-                          network_options_of, resolve_checkpoint)
+from spos.checkpoint import checkpoint_options, set_seed
+from spos.evolution import Evolution, EvolutionSettings
+from spos.hardware import compute_dtype, get_device
+from spos.options import DEFAULT_SEED, add_scoring_arguments, parse_args_with_recipe
+from spos.scoring import evaluate_candidate, load_supernet, resolve_scoring_arguments
+from spos.scoring_data import load_scoring_data, log_scoring_data
 from spos.search_space import search_space
 from spos.search_state import EXPORT_DIR, STATE_FILE, export_round, prepare_search_dir, save_search
-from utils import UserError, logger, save_args, setup_logging
+from utils import UserError, logger, run_main, save_args, setup_logging
 
-# the NNI tuner's class arguments that are not the evolution's (tuner.EvolutionWithFlops)
+# the NNI tuner's class arguments that are not the evolution's (tuner.EvolutionWithFlops; a test checks)
 NNI_TUNER_ONLY = ("output_dir", "result_timeout", "resumed_trial_timeout")
 
 
-def search_in_process(args, device):
-    """Run the whole search (see the module docstring); ``args`` are tester.py's."""
-    import yaml
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m spos.search", description=__doc__.splitlines()[0])
+    add_scoring_arguments(parser)
+    parser.set_defaults(seed=None)  # given or not: see resolve_settings
+    group = parser.add_argument_group("evolution (each flag given wins over --search-config's tuner.classArgs)")
+    group.add_argument("--search-config", default=None, metavar="YAML",
+                       help="an NNI config whose tuner.classArgs give the settings no flag gives (default: none, "
+                            "Megvii's settings)")
+    for setting in fields(EvolutionSettings):
+        if setting.name != "seed":  # --seed, of the scoring flags
+            group.add_argument(f"--{setting.name.replace('_', '-')}", default=None, help=setting.metadata["help"],
+                               type=float if setting.type is float else int)
+    group = parser.add_argument_group("search run")
+    group.add_argument("--output-dir", default="./search_output",
+                       help="the search's files go to <output-dir>/checkpoints")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the search in --output-dir where it stopped (its search_state.json)")
+    group.add_argument("--search-workers", type=int, default=0,
+                       help="processes scoring candidates side by side; 0: one per CPU core without a GPU "
+                            "(small CPU batches do not use many threads well), one on a GPU")
+    return parse_args_with_recipe(parser, argv, "tester.py")
 
+
+def resolve_settings(args):
+    """The evolution's settings: each flag given, else --search-config's tuner.classArgs, else the default; the
+    data's seed (``args.seed``) is --seed, else the trials' default. Returns (EvolutionSettings, {setting: where it
+    came from})."""
+    from_config = {}
+    if args.search_config:
+        import yaml
+
+        try:
+            with open(args.search_config) as f:
+                from_config = dict(yaml.safe_load(f)["tuner"]["classArgs"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{args.search_config}: cannot read tuner.classArgs from it ({e})") from None
+        from_config = {k: v for k, v in from_config.items() if k not in NNI_TUNER_ONLY}
+    given = {f.name: getattr(args, f.name) for f in fields(EvolutionSettings) if getattr(args, f.name) is not None}
     try:
-        with open(args.search_config) as f:
-            tuner_args = dict(yaml.safe_load(f)["tuner"]["classArgs"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
-        raise UserError(f"{args.search_config}: cannot read tuner.classArgs from it ({e})") from None
+        settings = EvolutionSettings.of({**from_config, **given})
+    except ValueError as e:
+        source = f"{args.search_config}: tuner.classArgs" if set(from_config) - set(given) else "the flags"
+        raise UserError(f"{source}: {e}") from None
+    if args.seed is None:
+        args.seed = DEFAULT_SEED
+    sources = {f.name: "flag" if f.name in given else args.search_config if f.name in from_config else "default"
+               for f in fields(EvolutionSettings)}
+    return settings, sources
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
     if args.search_workers < 0:
         raise UserError(f"--search-workers must be 0 (automatic) or more, got {args.search_workers}")
+    settings, sources = resolve_settings(args)
+    resolve_scoring_arguments(args)
+    device = get_device(args.device)
+    torch.set_flush_denormal(True)  # see tester.py
+    set_seed(args.seed)
+    logger.info("evolution settings: %s", ", ".join(f"{name} {value} ({sources[name]})"
+                                                     for name, value in asdict(settings).items()))
+    return search_in_process(args, settings, device)
+
+
+def search_in_process(args, settings, device):
+    """Run the whole search (see the module docstring)."""
     workers = args.search_workers or (1 if device.type == "cuda" else os.cpu_count() or 1)
-    args.checkpoint = resolve_checkpoint(args.checkpoint)
-    if not os.path.isfile(args.checkpoint):
-        raise UserError(f"{args.checkpoint}: checkpoint not found (train the supernet first, or pass --checkpoint)")
-    args.input_size = input_size_of(args.checkpoint, args.input_size)
     checkpoint_dir = os.path.join(args.output_dir, EXPORT_DIR)
     pool = None
     with tempfile.TemporaryDirectory(prefix="spos_scoring_") as scratch_cache:
+        cache_dir = args.cache_dir or (scratch_cache if workers > 1 else None)
         try:
-            if workers > 1:
-                if not args.cache_dir:
-                    args.cache_dir = scratch_cache  # the workers load the tensors this process decodes
-                # started first: their seconds of start-up overlap this process's (the search, the data)
-                pool = _start_pool(args, device, workers)
-            evolution = _make_evolution(tuner_args, args.search_config)
+            if workers > 1:  # started first: their seconds of start-up overlap this process's (the search, the data)
+                pool = _start_pool(args, cache_dir, device, workers)
+            evolution = Evolution(**asdict(settings))
             try:  # before the data: a search that cannot resume says so at once
-                channel_search = bool(network_options_of(args.checkpoint).get("channel_search"))
+                channel_search = bool(checkpoint_options(args.checkpoint).get("channel_search"))
                 resumes = _start_or_resume(evolution, checkpoint_dir, args.resume, channel_search)
             except (UserError, ValueError) as e:
                 raise UserError(f"--resume: {e}" if args.resume else str(e)) from None
-            save_args(argparse.Namespace(**vars(args), tuner=tuner_args, resolved_search_workers=workers),
+            save_args(argparse.Namespace(**vars(args), evolution=asdict(settings), resolved_search_workers=workers),
                       args.output_dir)
             loading = time.perf_counter()
-            train, val, classes, source = load_scoring_data(args, device, keep=True)
+            train, val, classes, source = load_scoring_data(args, device, keep=True, cache_dir=cache_dir)
             log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - loading)
             # loaded here also when workers score: a checkpoint that does not fit is reported once, clearly
             model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
@@ -88,15 +150,6 @@ def search_in_process(args, device):
     return {"candidates": count, "seconds": elapsed, "output_dir": checkpoint_dir}
 
 
-def _make_evolution(tuner_args, search_config):
-    """The evolution of the config's tuner.classArgs (the NNI tuner's own arguments do not apply here)."""
-    evolution_args = {k: v for k, v in tuner_args.items() if k not in NNI_TUNER_ONLY}
-    try:
-        return Evolution(**evolution_args)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{search_config}: tuner.classArgs: {e}") from None
-
-
 def _start_or_resume(evolution, checkpoint_dir, resume, channel_search):
     """Start the search in ``checkpoint_dir``, or continue the one there (``resume``), over blocks (and scales:
     ``channel_search``, the supernet's). Returns the list of resumes search_state.json keeps."""
@@ -108,15 +161,17 @@ def _start_or_resume(evolution, checkpoint_dir, resume, channel_search):
         return []
     open_in_round = evolution.restore(state, os.path.join(checkpoint_dir, STATE_FILE))
     logger.info("resumed the search of %s: %d of %d rounds done; round %d has %d candidates without an outcome",
-                checkpoint_dir, evolution.rounds_done, evolution.max_epochs, evolution.round, open_in_round)
+                checkpoint_dir, evolution.rounds_done, evolution.settings.max_epochs, evolution.round, open_in_round)
     return [*state.get("resumes", []), {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
                                         "rounds_done": evolution.rounds_done, "open_in_round": open_in_round}]
 
 
-def _start_pool(args, device, workers):
+def _start_pool(args, cache_dir, device, workers):
+    """``workers`` processes that load the supernet and the data this process decodes into ``cache_dir``."""
     threads = max(1, torch.get_num_threads() // workers)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_start_scorer, initargs=(args, device, threads))
+                                                  initializer=_start_scorer,
+                                                  initargs=(args, cache_dir, device, threads))
     for _ in range(workers):  # start them now, not at the first candidate
         pool.submit(os.getpid)
     logger.info("scoring with %d worker processes of %d thread(s) each", workers, threads)
@@ -154,19 +209,19 @@ def _run_evolution(evolution, checkpoint_dir, resumes, pool):
 _scorer = {}
 
 
-def _start_scorer(args, device, threads):
+def _start_scorer(args, cache_dir, device, threads):
     """Set up a worker process to score candidates. The supernet and the data (from the cache the search
     process writes) are loaded at the first candidate, when that cache is sure to be there."""
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)  # see main
+    torch.set_flush_denormal(True)  # see tester.py
     setup_logging(quiet=True)
-    _scorer.update(args=args, device=device)
+    _scorer.update(args=args, cache_dir=cache_dir, device=device)
 
 
 def _score(architecture):
     if "model" not in _scorer:
         args, device = _scorer["args"], _scorer["device"]
-        train, val, classes, _ = load_scoring_data(args, device, keep=True)
+        train, val, classes, _ = load_scoring_data(args, device, keep=True, cache_dir=_scorer["cache_dir"])
         _scorer.update(model=load_supernet(args.checkpoint, args.input_size, len(classes), device,
                                            args.channels_last),
                        train=train, val=val, train_iters=args.train_iters,
@@ -174,3 +229,7 @@ def _score(architecture):
     result = evaluate_candidate(_scorer["model"], architecture, _scorer["train"], _scorer["val"],
                                 _scorer["train_iters"], autocast_dtype=_scorer["autocast_dtype"])
     return result["accuracy"], result["accuracy_before_recalibration"]
+
+
+if __name__ == "__main__":
+    run_main(main)

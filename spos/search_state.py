@@ -20,10 +20,10 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 
 from spos.architecture import NUM_LAYERS, write_architecture
+from spos.files import write_text
 from utils import UserError
 
 logger = logging.getLogger("spos.search_state")
@@ -41,21 +41,6 @@ OUTCOMES = ("succeeded", "failed", "bad result", "no result")
 # where a search's files are, relative to what a user may point at: the folder itself, NNI's experiment
 # folder (~/nni-experiments/<id>) or its log/ folder
 _PLACES = ("", EXPORT_DIR, os.path.join("log", EXPORT_DIR))
-
-
-def write_atomically(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so that a reader (or a crash)
-    never sees half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def prepare_search_dir(checkpoint_dir, resume, why_no_state=""):
@@ -92,9 +77,9 @@ def save_search(checkpoint_dir, state):
                              record["flops"],
                              _number(record["accuracy_before_recalibration"]), _number(record["accuracy"]),
                              record["status"], record["trial_job_id"]])
-    write_atomically(os.path.join(checkpoint_dir, TABLE_FILE), table.getvalue())
+    write_text(os.path.join(checkpoint_dir, TABLE_FILE), table.getvalue())
     state = {"format": STATE_FORMAT, **state, **summarize_state(state), "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_atomically(os.path.join(checkpoint_dir, STATE_FILE), json.dumps(state, indent=1) + "\n")
+    write_text(os.path.join(checkpoint_dir, STATE_FILE), json.dumps(state, indent=1) + "\n")
 
 
 def summarize_state(state):
@@ -134,8 +119,13 @@ def export_round(checkpoint_dir, number, parents):
     """After round ``number``: its parents (best first) as RRR_KKK.json, the best as architecture_final.json."""
     for rank, candidate in enumerate(parents):
         write_architecture(os.path.join(checkpoint_dir, f"{number:03d}_{rank:03d}.json"), candidate)
-    write_architecture(os.path.join(checkpoint_dir, BEST_FILE), parents[0])
+    export_best(checkpoint_dir, parents[0])
     logger.info("exported the best %d after round %d to %s", len(parents), number, checkpoint_dir)
+
+
+def export_best(checkpoint_dir, candidate):
+    """The best candidate so far as architecture_final.json."""
+    write_architecture(os.path.join(checkpoint_dir, BEST_FILE), candidate)
 
 
 def _number(value):

@@ -1,7 +1,9 @@
 """Shared fixtures: the repository on sys.path, the real digits dataset (written once per test run) and a small
 subset of it, a fresh interpreter to run code in, a digits supernet checkpoint, the environment of a user who
 activated the venv."""
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +50,33 @@ def small_digits(digits_dir, tmp_path_factory):
                 shutil.copy(os.path.join(digits_dir, split, name, file), root / split / name / file)
     shutil.copy(os.path.join(digits_dir, "preprocessing.json"), root)
     return root
+
+
+@pytest.fixture
+def spos_warnings(caplog, monkeypatch):
+    """Warnings of the 'spos' logger, each once (setup_logging may have stopped it propagating)."""
+    log = logging.getLogger("spos")
+    monkeypatch.setattr(log, "propagate", False)
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="spos")
+    yield caplog
+    log.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def digits_copy(digits_dir, tmp_path):
+    """A private copy of the digits dataset that a test may damage."""
+    root = tmp_path / "digits"
+    shutil.copytree(digits_dir, root)
+    return root
+
+
+KILL_POINT = os.path.join(REPO, "tests", "kill_point.py")
+
+
+def killed_at(point, script):
+    """The command line that runs ``script`` (a path) and SIGKILLs it at ``point`` (tests/kill_point.py)."""
+    return [sys.executable, KILL_POINT, point, script]
 
 
 def venv_env(**extra):

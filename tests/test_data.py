@@ -18,7 +18,7 @@ def test_digits_layout_and_recipe(digits_dir):
     assert counts == {"train": 1497, "val": 300}
     assert sorted(os.listdir(os.path.join(digits_dir, "train"))) == [str(d) for d in range(10)]
     with open(os.path.join(digits_dir, "recipe.json")) as f:
-        assert set(json.load(f)) == {"supernet.py", "tester.py", "scratch.py", "bench_ranking.py"}
+        assert set(json.load(f)) == {"supernet.py", "tester.py", "scratch.py", "reproduction.rank"}
 
 
 def write_idx(path, array, magic):
@@ -82,16 +82,16 @@ def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_s
     assert RECIPE["scratch.py"] == {**DIGITS["scratch.py"], "epochs": 5, "small_input": True}
     with open(tmp_path / "recipe.json", "w") as f:
         json.dump(RECIPE, f)
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    import bench_ranking
-    import reproduce
     import scratch
     import supernet
     import tester
+    from reproduction import rank, reproduce
+    from spos import search
 
     data = ["--imagenet-dir", str(tmp_path)]
     assert supernet.parse_args(data).small_input and tester.parse_args(data).test_batch_size == 500
+    assert search.parse_args(data).test_batch_size == 500  # the search scores as the trials do
     assert scratch.parse_args(data).small_input and scratch.parse_args([]).small_input is False
     assert scratch.parse_args([*data, "--no-small-input"]).small_input is False  # a flag given beats the recipe
-    assert bench_ranking.parse_args([*data, "--checkpoint", "x"]).epochs == 1
+    assert rank.parse_args([*data, "--checkpoint", "x"]).epochs == 1
     assert (reproduce.parse_args(data).epochs, reproduce.parse_args(data).seeds) == (1, 2)

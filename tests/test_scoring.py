@@ -15,22 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)
 
 
-def test_resolve_checkpoint_takes_the_newest_epoch_of_a_folder(tmp_path):
-    for epoch in (2, 10, 9):
-        (tmp_path / f"epoch_{epoch}.pth.tar").write_bytes(b"")
-    (tmp_path / "training_state.pth.tar").write_bytes(b"")
-    assert scoring.resolve_checkpoint(str(tmp_path)) == str(tmp_path / "epoch_10.pth.tar")
-    assert scoring.resolve_checkpoint(str(tmp_path / "epoch_2.pth.tar")) == str(tmp_path / "epoch_2.pth.tar")
-    with pytest.raises(UserError, match="no epoch_N"):
-        scoring.resolve_checkpoint(str(_empty_dir(tmp_path)))
-
-
-def _empty_dir(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    return empty
-
-
 def test_recalibration_is_a_cumulative_average_over_the_path():
     torch.manual_seed(0)
     supernet = network.ShuffleNetV2OneShot(input_size=32, n_classes=10).eval()

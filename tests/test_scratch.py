@@ -6,11 +6,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, killed_at
 
 from network import ShuffleNetV2OneShot, load_and_parse_state_dict
 from spos.architecture import load_architecture, write_architecture
@@ -83,10 +82,10 @@ def test_a_block_and_channel_architecture_is_written_as_nni1_one_hot_and_read_ba
 
 
 def test_released_block_and_channel_network_size():
-    from scratch import architecture_flops, count_parameters
+    from network import architecture_flops, architecture_net, count_parameters
 
-    flops, net = architecture_flops(tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS), 224, 1000)
-    assert flops == 327_857_920 and count_parameters(net) == 3_432_579
+    genes = tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS)
+    assert architecture_flops(genes, 224, 1000) == 327_857_920 and count_parameters(architecture_net(genes)) == 3_432_579
 
 
 def test_architecture_final_json_is_megvii_architecture():
@@ -181,14 +180,13 @@ def test_bad_architecture_raises_user_error_in_process(tmp_path, kind):
 # the net
 
 def test_final_architecture_size_matches_the_paper():
-    from scratch import architecture_flops, count_parameters
+    from network import architecture_flops, count_parameters
 
     model = ShuffleNetV2OneShot(architecture=load_architecture(FINAL), affine=True)
     assert round(count_parameters(model) / 1e6, 2) == 3.56  # SPEC §5: 3.5M (Megvii), 3.56M counted
     assert all(m.weight is not None for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert len(model.features) == 20 and not model.is_supernet  # only the chosen block of each layer
-    flops, _ = architecture_flops(FINAL_CHOICES, 224, 1000)
-    assert round(flops / 1e6) == 323  # SPEC §2
+    assert round(architecture_flops(FINAL_CHOICES, 224, 1000) / 1e6) == 323  # SPEC §2
 
 
 # real runs on digits
@@ -204,25 +202,17 @@ EPOCHS = 5  # 3 epochs (the issue's done-when) reach 79-91 % depending on seed a
 
 @pytest.fixture(scope="module")
 def digits_run(digits_dir, tmp_path_factory):
-    """One real run at 32x32, batch 64 (lr 0.5 * 64 / 1024): SIGKILLed once epoch 1 is saved, then resumed
-    to the end. Returns the output dir, the TensorBoard dir, the killed run's log and the resumed run."""
+    """One real run at 32x32, batch 64 (lr 0.5 * 64 / 1024): SIGKILLed as epoch 2's validation begins (epoch 1
+    saved, epoch 2 trained), then resumed to the end. Returns the output dir, the TensorBoard dir, the killed run's
+    log and the resumed run."""
     root = tmp_path_factory.mktemp("scratch_run")
     output_dir, tb_dir = str(root / "out"), str(root / "runs")
     args = ["--imagenet-dir", digits_dir, "--epochs", str(EPOCHS), "--output-dir", output_dir, "--tb-dir", tb_dir,
             *DIGITS_ARGS]
-    state_path = os.path.join(output_dir, "training_state.pth.tar")
-    log_path = root / "killed.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, SCRATCH, *args], cwd=REPO, stdout=log, stderr=log)
-        deadline = time.monotonic() + 240
-        # epoch 1's line is logged once its checkpoint and state are saved
-        while not (os.path.exists(state_path) and "] done in" in log_path.read_text()) \
-                and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)  # early in epoch 2
-        process.wait()
-    killed_log = log_path.read_text()
-    assert process.returncode == -signal.SIGKILL, killed_log[-2000:]
+    killed = subprocess.run([*killed_at("validation:2", SCRATCH), *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=240)
+    killed_log = killed.stderr
+    assert killed.returncode == -signal.SIGKILL, killed_log[-2000:]
     resumed = scratch(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return output_dir, tb_dir, killed_log, resumed.stderr

@@ -1,5 +1,6 @@
-"""spos/search.py: the in-process evolution search (tester.py --evolution) writes the nnictl search's exports, gives
-the same table for any number of workers, scores as a trial does, and fails in one clear line."""
+"""spos/search.py: the in-process evolution search (python -m spos.search) writes the nnictl search's exports, gives
+the same table for any number of workers, scores as a trial does, takes its settings from its flags before its
+config's, and fails in one clear line."""
 import csv
 import json
 import os
@@ -7,10 +8,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import REPO, digits_args, venv_env
-
-import tester
 
 from spos import search
 from spos.architecture import load_architecture
@@ -28,13 +26,15 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
                       "num_crossover: 1, m_prob: 0.1, flops_limit: 330.0e+6, seed: 3}\n")
     out, cache = tmp_path / "out", tmp_path / "cache"
     common = [*digits_args(digits_dir, digits_checkpoint), "--loader", "torch", "--cache-dir", str(cache)]
-    done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+    done = subprocess.run([sys.executable, "-m", "spos.search", "--search-config", str(config),
                            "--output-dir", str(out), "--search-workers", "2", *common], cwd=REPO, env=TRIAL_ENV,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scoring with 2 worker processes" in done.stderr and "in-process search: 8 candidates" in done.stderr
     resolved = json.loads((out / "args.json").read_text())  # the run's arguments, next to its outputs
-    assert resolved["tuner"]["num_population"] == 4 and resolved["resolved_search_workers"] == 2
+    assert resolved["evolution"]["num_population"] == 4 and resolved["resolved_search_workers"] == 2
+    # no --seed: the evolution's is the config's, the data's the trials' default (so that a trial scores alike)
+    assert (resolved["evolution"]["seed"], resolved["seed"]) == (3, 42)
     exports = out / "checkpoints"
     with open(exports / "candidates.csv") as f:
         rows = list(csv.DictReader(f))
@@ -48,7 +48,7 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
     assert " ".join(map(str, load_architecture(str(best_file)))) == best["choices"]
 
     # one process instead of a worker per core: the same search, row for row
-    single = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+    single = subprocess.run([sys.executable, "-m", "spos.search", "--search-config", str(config),
                              "--output-dir", str(tmp_path / "single"), "--search-workers", "1", *common], cwd=REPO,
                             env=TRIAL_ENV, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -69,21 +69,48 @@ def test_in_process_search_writes_the_nnictl_exports_and_scores_as_a_trial(digit
 def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digits_checkpoint, tmp_path):
     config = tmp_path / "config.yml"
     config.write_text("tuner:\n  classArgs: {max_epochs: 0}\n")
-    done = subprocess.run([sys.executable, "tester.py", "--evolution", "--search-config", str(config),
+    done = subprocess.run([sys.executable, "-m", "spos.search", "--search-config", str(config),
                            *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=TRIAL_ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert f"{config}: tuner.classArgs: max_epochs must be a positive integer" in done.stderr
     assert "Traceback" not in done.stderr
-    both = subprocess.run([sys.executable, "tester.py", "--evolution", "--fixed-arc", "architecture_final.json",
-                           *digits_args(digits_dir, digits_checkpoint)], cwd=REPO, env=TRIAL_ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert both.returncode == 2 and "give one of them" in both.stderr and "Traceback" not in both.stderr
-    nothing = subprocess.run([sys.executable, "tester.py", "--evolution", "--resume", "--output-dir",
+    nothing = subprocess.run([sys.executable, "-m", "spos.search", "--resume", "--output-dir",
                               str(tmp_path / "empty"), *digits_args(digits_dir, digits_checkpoint)], cwd=REPO,
                              env=TRIAL_ENV, capture_output=True, text=True, timeout=300)
     assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
     assert f"--resume: {tmp_path / 'empty' / 'checkpoints'}: no search_state.json there" in nothing.stderr
+
+
+def test_each_setting_is_the_flag_given_else_the_configs_else_megvii_s(tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 4, num_population: 10, num_select: 3, num_mutation: 4, "
+                      "num_crossover: 4, flops_limit: 330.0e+6, seed: 7, result_timeout: 60}\n")
+    args = search.parse_args(["--search-config", str(config), "--flops-limit", "300e6", "--seed", "1"])
+    settings, sources = search.resolve_settings(args)
+    assert (settings.max_epochs, settings.flops_limit, settings.seed, settings.m_prob) == (4, 300e6, 1, 0.1)
+    assert (sources["max_epochs"], sources["flops_limit"], sources["seed"], sources["m_prob"]) == (
+        str(config), "flag", "flag", "default")
+    assert args.seed == 1  # --seed seeds the data too
+    args = search.parse_args(["--search-config", str(config)])
+    assert (search.resolve_settings(args)[0].seed, args.seed) == (7, 42)  # the config's, the trials' default
+    settings, sources = search.resolve_settings(search.parse_args([]))
+    assert (settings.max_epochs, settings.num_population, settings.seed) == (20, 50, 42)
+    assert set(sources.values()) == {"default"}
+    with pytest.raises(UserError, match="the flags: num_select \\(60\\) must not exceed num_population \\(50\\)"):
+        search.resolve_settings(search.parse_args(["--num-select", "60"]))
+    config.write_text("tuner:\n  classArgs: {max_epoch: 4}\n")
+    with pytest.raises(UserError, match="'max_epoch' is not a setting of the evolution"):
+        search.resolve_settings(search.parse_args(["--search-config", str(config)]))
+
+
+def test_the_nni_tuners_own_arguments_are_the_ones_the_search_leaves_out():
+    import inspect
+
+    from tuner import EvolutionWithFlops
+
+    own = [name for name, p in inspect.signature(EvolutionWithFlops).parameters.items() if p.kind != p.VAR_KEYWORD]
+    assert tuple(own) == search.NNI_TUNER_ONLY
 
 
 def test_in_process_search_interrupted_mid_round_resumes_to_the_same_table(digits_dir, digits_checkpoint, tmp_path,
@@ -95,10 +122,9 @@ def test_in_process_search_interrupted_mid_round_resumes_to_the_same_table(digit
                       "num_crossover: 1, m_prob: 0.1, flops_limit: 330.0e+6, seed: 5}\n")
 
     def run(output_dir, *extra):
-        args = tester.parse_args(["--evolution", "--search-config", str(config), "--output-dir", str(output_dir),
-                                  "--search-workers", "1", "--loader", "torch", "--cache-dir", str(tmp_path / "cache"),
-                                  *digits_args(digits_dir, digits_checkpoint), *extra])
-        return search.search_in_process(args, torch.device("cpu"))
+        return search.main(["--search-config", str(config), "--output-dir", str(output_dir), "--search-workers", "1",
+                            "--loader", "torch", "--cache-dir", str(tmp_path / "cache"),
+                            *digits_args(digits_dir, digits_checkpoint), *extra])
 
     assert run(tmp_path / "reference")["candidates"] == 12
     scored = []
@@ -149,9 +175,7 @@ def test_in_process_search_names_a_dead_worker_in_one_line(digits_dir, digits_ch
         raise concurrent.futures.process.BrokenProcessPool("A process in the process pool was terminated abruptly")
 
     monkeypatch.setattr(search, "_run_evolution", broken)
-    args = tester.parse_args(["--evolution", "--search-config", str(config), "--output-dir", str(tmp_path / "out"),
-                              "--search-workers", "1", "--loader", "torch",
-                              *digits_args(digits_dir, digits_checkpoint)])
     with pytest.raises(UserError, match=f"a scoring worker process died .*{tmp_path / 'out'}.*fewer "
                                         f"--search-workers"):
-        search.search_in_process(args, torch.device("cpu"))
+        search.main(["--search-config", str(config), "--output-dir", str(tmp_path / "out"), "--search-workers", "1",
+                     "--loader", "torch", *digits_args(digits_dir, digits_checkpoint)])

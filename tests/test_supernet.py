@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, killed_at
 from torch import nn
 
 import supernet
@@ -70,8 +70,9 @@ def test_the_warm_start_runs_once_and_the_weights_carry_the_network_options(smal
 
     output_dir = tmp_path / "run"
     args = run_args(small_digits, output_dir, 1, "--warm-start-steps", "12", "--warm-start-fit-steps", "3")
-    killed = subprocess.run([sys.executable, os.path.join(REPO, "supernet.py"), *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=240, env={**os.environ, "SPOS_TEST_KILL_POINT": "after-warm-start"})
+    # killed as the first state, the warm start's, is written
+    killed = subprocess.run([*killed_at("after:training_state.pth.tar", os.path.join(REPO, "supernet.py")), *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert "warm start: template path [12/12]" in killed.stderr and "fitting 20 Xception branches" in killed.stderr
     assert torch.load(output_dir / "training_state.pth.tar", weights_only=True)["epoch"] == 0

@@ -83,25 +83,10 @@ def test_wrong_checkpoint_is_one_clear_line(digits_dir, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_random_paths_are_scored_as_trials_and_drawn_under_the_flops_limit(digits_dir, digits_checkpoint, capsys,
-                                                                          tmp_path):
-    from network import paper_flops
-
-    args = digits_args(digits_dir, digits_checkpoint, "--random-paths", "3", "--flops-limit", "300e6")
-    summary = tester.main(args)
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
-    paths = [tuple(a) for a in summary["architectures"]]
-    assert summary["paths"] == 3 and len(set(paths)) == 3 and all(paper_flops(p) <= 300e6 for p in paths)
-    assert summary["worst"] <= summary["mean"] <= summary["best"] and len(summary["accuracies"]) == 3
-    write_architecture(str(tmp_path / "first.json"), paths[0])
-    assert summary["accuracies"][0] == tester.main([*digits_args(digits_dir, digits_checkpoint),
-                                                    "--fixed-arc", str(tmp_path / "first.json")])["accuracy"]
-    assert tester.main(args)["architectures"] == summary["architectures"]  # the same paths for the same seed
-
-
-def test_random_paths_with_fixed_arc_is_refused(digits_dir, digits_checkpoint):
-    with pytest.raises(UserError, match="give one of them"):
-        tester.main([*digits_args(digits_dir, digits_checkpoint), "--random-paths", "2", "--fixed-arc", "x.json"])
+def test_the_searches_of_old_are_commands_of_their_own(digits_dir, digits_checkpoint):
+    for flag, command in (("--evolution", "python -m spos.search"), ("--random-paths", "python -m spos.random_paths")):
+        with pytest.raises(UserError, match=f"{flag} is a command of its own now: {command}"):
+            tester.parse_args([*digits_args(digits_dir, digits_checkpoint), flag])
 
 
 def test_a_block_and_channel_candidate_is_scored_on_a_channel_supernet_and_refused_by_a_block_one(

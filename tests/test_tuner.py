@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import threading
-import time
 
 import nni
 import pytest
@@ -17,10 +16,49 @@ from network import paper_flops
 from spos.architecture import load_architecture, parse_architecture
 from spos.search_space import search_space
 from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, read_state
-from tuner import EvolutionWithFlops, parse_result
+import tuner as tuner_module
+from tuner import EvolutionWithFlops, parse_result, start_timer
 from utils import UserError
 
 SMALL = dict(max_epochs=3, num_population=8, num_select=3, num_mutation=3, num_crossover=3)
+
+
+class ManualTimers:
+    """The tuner's timers (tuner.start_timer), fired by the test when it chooses (``fire(key)``, the key being the
+    timer's argument), never by the clock; ``seconds[key]``: what each was started with."""
+
+    def __init__(self):
+        self.pending, self.seconds = {}, {}
+
+    def __call__(self, seconds, function, key):
+        self.seconds[key] = seconds
+        timer = self.pending[key] = ManualTimer(self, function, key)
+        return timer
+
+    def fire(self, key):
+        self.pending.pop(key).function(key)
+
+
+class ManualTimer:
+    def __init__(self, timers, function, key):
+        self.timers, self.function, self.key = timers, function, key
+
+    def cancel(self):
+        self.timers.pending.pop(self.key, None)
+
+
+@pytest.fixture(autouse=True)
+def timers(monkeypatch):
+    """No tuner of these tests starts a real timer: each waits for the test to fire it."""
+    manual = ManualTimers()
+    monkeypatch.setattr(tuner_module, "start_timer", manual)
+    return manual
+
+
+def test_a_timer_calls_its_function_on_a_thread_of_its_own():
+    called = threading.Event()
+    timer = start_timer(0.01, lambda key: (threading.current_thread().name != "MainThread" and called.set()), "key")
+    assert called.wait(30) and timer.daemon
 
 
 def score(candidate):
@@ -263,27 +301,21 @@ def test_a_trials_end_and_result_from_two_threads_at_once(tmp_path, first):
     assert [r["trial_job_id"] for r in rows].count("raced") == 1
 
 
-def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_path, caplog):
+def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_path, caplog, timers):
     tuner = make_tuner(tmp_path, result_timeout=0.2, **ONE_ROUND_OF_FOUR)
     nni_ = FakeNNI(tuner)
     nni_.request(4)
     lost_id, lost_parameters, _ = nni_.running.pop()
     for _ in range(3):
         nni_.finish_one(index=0)
+    lost = parse_architecture(lost_parameters, "test")
     with caplog.at_level(logging.WARNING, logger="spos.tuner"):
-        started = time.monotonic()
-        tuner.trial_end(lost_id, True)
-        assert time.monotonic() - started < 0.2  # the wait is a timer's, not NNI's thread's
-        lost = parse_architecture(lost_parameters, "test")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with tuner._lock:  # the timer settles the outcome and closes the round under the lock
-                if tuner.evolution.history[lost]["status"] == "no result":
-                    break
-            time.sleep(0.05)
-        with tuner._lock:
-            assert tuner.evolution.history[lost]["status"] == "no result"
-            assert tuner.evolution.round == 2  # the round closed with three results and one failure
+        tuner.trial_end(lost_id, True)  # returns with a timer started: NNI's thread never waits for the result
+        assert timers.seconds[lost_id] == 0.2
+        assert tuner.evolution.history[lost]["status"] == "awaiting result" and tuner.evolution.round == 1
+        timers.fire(lost_id)  # result_timeout passes
+        assert tuner.evolution.history[lost]["status"] == "no result"
+        assert tuner.evolution.round == 2  # the round closed with three results and one failure
         assert f"the trial of parameter {lost_id} ({' '.join(map(str, lost))}) ended successfully but its " \
                f"result did not reach the tuner within 0.2 s: counted as failed" in caplog.text
         assert [r["status"] for r in read_rows(tmp_path) if r["choices"] == " ".join(map(str, lost))] == \
@@ -291,42 +323,19 @@ def test_a_result_that_never_comes_counts_as_failed_after_result_timeout(tmp_pat
         # the result, after its round closed (its trial ran on: NNI had reported a sibling's end as its own):
         # counted, for the rounds to come; one row for it
         tuner.receive_trial_result(lost_id, lost_parameters, value_of(0.5), trial_job_id="too late")
-    assert "came after an end counted it no result: taken; its round 1 closed without it" in caplog.text
+    assert "came after an end counted it no result: taken (its round 1 closed without it" in caplog.text
     rows = [r for r in read_rows(tmp_path) if r["choices"] == " ".join(map(str, lost))]
     assert len(rows) == 1 and rows[0]["status"] == "succeeded" and float(rows[0]["accuracy"]) == 0.5
     assert lost in tuner.evolution.ranking
     assert tuner.evolution.round == 2 and not tuner.evolution.finished
 
 
-class ManualTimers:
-    """The tuner's timers, fired by the test when it chooses (``fire(parameter_id)``), never by the clock."""
-
-    def __init__(self):
-        self.pending = {}
-
-    def __call__(self, seconds, function, parameter_id):
-        timer = self.pending[parameter_id] = ManualTimer(function, parameter_id)
-        return timer
-
-    def fire(self, parameter_id):
-        self.pending.pop(parameter_id).function(parameter_id)
-
-
-class ManualTimer:
-    def __init__(self, function, parameter_id):
-        self.function, self.parameter_id = function, parameter_id
-
-    def cancel(self):
-        pass
-
-
-def test_two_trials_that_swapped_their_parameters_lose_no_result(tmp_path, caplog):
+def test_two_trials_that_swapped_their_parameters_lose_no_result(tmp_path, caplog, timers):
     """NNI 3.0 gives the queued parameters to trials in the order they ask, so two trials started together may
     each run the other's, while each trial's end names the parameter meant for it (what NNI's database and
     web UI show); the result names what the trial ran. Forced: a, b, c, d meant for trials A, B, C, D; A runs
     b and fails, B runs a, C runs d, D runs c, and C's end times out c before D reports it."""
     tuner = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
-    tuner._start_timer = timers = ManualTimers()
     nni_ = FakeNNI(tuner)
     nni_.request(4)
     (a, pa, _), (b, pb, _), (c, pc, _), (d, pd, _) = nni_.running
@@ -381,17 +390,36 @@ def test_no_more_trials_after_max_epochs(tmp_path):
     assert tuner.generate_multiple_parameters([1000, 1001], st_callback=lambda *a: None) == []
 
 
-def test_a_result_for_a_failed_candidate_after_the_search_finished_is_not_counted(tmp_path, caplog):
+def test_a_result_that_comes_after_the_search_finished_is_recorded_and_can_become_the_answer(tmp_path, caplog):
+    """A trial whose end was reported for a sibling's (NNI 3.0 hands out parameters in the order trials ask) can
+    report after the last round closed: its result is kept, in the table, the state and, as the best,
+    architecture_final.json."""
     tuner = make_tuner(tmp_path, max_epochs=1)
     handed, _ = drive(tuner, fail={2})
     assert tuner.evolution.finished
     failed = dict(handed)[2]
-    final = (tmp_path / EXPORT_DIR / BEST_FILE).read_text()
+    assert load_architecture(os.path.join(tmp_path, EXPORT_DIR, BEST_FILE)) != failed
     with caplog.at_level(logging.WARNING, logger="spos.tuner"):
         tuner.receive_trial_result(2, tuner.to_parameters(failed), value_of(0.99), trial_job_id="after the end")
-    assert "came after the search finished: not counted" in caplog.text
-    assert tuner.evolution.history[failed]["status"] == "failed"
-    assert (tmp_path / EXPORT_DIR / BEST_FILE).read_text() == final
+    assert "came after an end counted it failed: taken (the search finished" in caplog.text
+    assert "it is the best candidate of the search: architecture_final.json rewritten" in caplog.text
+    assert tuner.evolution.history[failed]["status"] == "succeeded"
+    rows = [r for r in read_rows(tmp_path) if r["choices"] == " ".join(map(str, failed))]
+    assert [(r["status"], float(r["accuracy"]), r["trial_job_id"]) for r in rows] == [
+        ("succeeded", 0.99, "after the end")]
+    state = read_search_state(tmp_path)
+    assert state["finished"] and state["best"]["choices"] == list(failed) and state["candidates_failed"] == 0
+    assert load_architecture(os.path.join(tmp_path, EXPORT_DIR, BEST_FILE)) == failed
+
+    # one that is not the best: recorded, the answer kept
+    tuner = make_tuner(tmp_path / "second", max_epochs=1)
+    handed, _ = drive(tuner, fail={5})
+    answer = load_architecture(os.path.join(tmp_path / "second", EXPORT_DIR, BEST_FILE))
+    late = dict(handed)[5]
+    tuner.receive_trial_result(5, tuner.to_parameters(late), value_of(0.0), trial_job_id="late and poor")
+    assert tuner.evolution.history[late]["status"] == "succeeded"
+    assert read_search_state(tmp_path / "second")["candidates_scored"] == 8
+    assert load_architecture(os.path.join(tmp_path / "second", EXPORT_DIR, BEST_FILE)) == answer
 
 
 def test_bad_class_arguments_are_refused_with_their_names(tmp_path):
@@ -432,24 +460,13 @@ def rows_without_ids(path):
     return [{k: v for k, v in row.items() if k not in ("parameter_id", "trial_job_id")} for row in read_rows(path)]
 
 
-class NoTimer:
-    """For a tuner the test abandons (as if its process had died): its timers never fire."""
-
-    def __init__(self, *args):
-        pass
-
-    def cancel(self):
-        pass
-
-
 def test_a_search_stopped_mid_round_and_resumed_evaluates_the_same_candidates(tmp_path):
     reference = make_tuner(tmp_path / "reference", **RESUMABLE)
     drive(reference, seed=1)
     assert reference.evolution.finished
 
     # the same search, stopped in round 2 with four trials running; from then on only its files are used
-    stopped = make_tuner(tmp_path / "search", **RESUMABLE)
-    stopped._start_timer = NoTimer
+    stopped = make_tuner(tmp_path / "search", **RESUMABLE)  # abandoned later: its timers are never fired
     before = FakeNNI(stopped, seed=2)
     before.run(concurrency=4, until=lambda n: stopped.evolution.rounds_done == 1 and sum(
         r["status"] == "succeeded" for r in stopped.evolution.history.values() if r["round"] == 2) >= 2)
@@ -529,11 +546,10 @@ def test_nnictl_resume_without_a_state_file_is_refused(tmp_path):
         resumed.update_search_space(search_space())
 
 
-def test_a_trial_nni_re_runs_that_never_reports_counts_as_failed_after_its_timeout(tmp_path, caplog):
+def test_a_trial_nni_re_runs_that_never_reports_counts_as_failed_after_its_timeout(tmp_path, caplog, timers):
     """NNI reports no end for the trials it re-runs after a resume: if one never reports, its timer (not a
     waiting NNI thread) counts it as failed and the round goes on."""
-    stopped = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)
-    stopped._start_timer = NoTimer
+    stopped = make_tuner(tmp_path, **ONE_ROUND_OF_FOUR)  # abandoned later: its timers are never fired
     before = FakeNNI(stopped)
     before.request(4)
     for _ in range(3):
@@ -541,19 +557,16 @@ def test_a_trial_nni_re_runs_that_never_reports_counts_as_failed_after_its_timeo
     ((rerun_id, rerun, _),) = before.running  # running when NNI stopped
 
     resumed = EvolutionWithFlops(**ONE_ROUND_OF_FOUR, output_dir=str(tmp_path), resumed_trial_timeout=5)
-    timers = []
-    resumed._start_timer = lambda seconds, function, *args: timers.append((seconds, function, args)) or NoTimer()
     resumed.load_checkpoint()
     resumed.update_search_space(search_space())
     resumed.import_data([])
     after = FakeNNI(resumed, first_id=4, recovered={rerun_id: rerun})
     after.request(2)
     assert after.handed == [] and resumed.evolution.round == 1  # its one open candidate is NNI's to re-run
-    ((seconds, timed_out, args),) = timers
-    assert seconds == 5
-    with caplog.at_level(logging.WARNING, logger="spos.tuner"):
-        timed_out(*args)
     candidate = parse_architecture(rerun, "test")
+    assert timers.seconds[candidate] == 5
+    with caplog.at_level(logging.WARNING, logger="spos.tuner"):
+        timers.fire(candidate)
     assert resumed.evolution.history[candidate]["status"] == "no result"
     assert f"the trial NNI re-ran for {' '.join(map(str, candidate))} (parameter {rerun_id}) sent no result " \
            f"within 5 s of the resume: counted as failed" in caplog.text
@@ -591,8 +604,7 @@ def test_a_block_and_channel_search_hands_out_both_genes_and_resumes_with_them(t
     assert all(len(entry["scales"]) == 20 for entry in state["history"]) and len(state["best"]["scales"]) == 20
 
     # stopped after round 1, resumed: the same search as the one never stopped
-    stopped = make(tmp_path / "search")
-    stopped._start_timer = NoTimer
+    stopped = make(tmp_path / "search")  # abandoned after round 1: its timers are never fired
     FakeNNI(stopped, seed=2).run(concurrency=1, until=lambda n: stopped.evolution.rounds_done == 1)
     resumed = make(tmp_path / "search", resume=True)
     drive(resumed, seed=3)

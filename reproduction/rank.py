@@ -1,7 +1,7 @@
 """Does the supernet rank architectures? Kendall tau between the accuracy a supernet gives N architectures and the
 accuracy they reach trained alone from scratch.
 
-    python bench/bench_ranking.py --checkpoint demo_output/supernet          # digits, after `make demo`
+    python -m reproduction.rank --checkpoint demo_output/supernet          # digits, after `make demo`
 
 1. N architectures under the FLOPs limit, spread over the FLOPs range (the search's best among them when
    --architecture-final is given);
@@ -19,33 +19,25 @@ accuracy they reach trained alone from scratch.
 Writes to --output-dir: runs.csv (every run), ranking.png (supernet score against stand-alone accuracy, error
 bars over seeds), summary.md (the table printed), architectures/ and runs/<architecture>_seed<seed>/.
 """
+import argparse
+import csv
 import os
-import sys
+import statistics
+import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-from ranking import bootstrap_interval, kendall_tau, spearman_rho, top_k_overlap  # noqa: E402
-from report import emit, markdown_table  # noqa: E402
-
-from spos.architecture import load_architecture, write_architecture  # noqa: E402
-from spos.options import parse_args_with_recipe  # noqa: E402
-from utils import UserError, run_main  # noqa: E402
-
-SCRATCH_STATE = "training_state.pth.tar"  # scratch.STATE_FILE (scratch.py is run, not imported)
+from reproduction.stand_alone import finished_accuracy, run_stand_alone
+from reproduction.stats import bootstrap_interval, kendall_tau, spearman_rho, top_k_overlap
+from reproduction.supernet_scores import supernet_scores
+from spos.architecture import load_architecture, write_architecture
+from spos.options import PROJECT_DIR, parse_args_with_recipe
+from spos.report import emit, markdown_table
+from utils import UserError, run_main
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reproduction.rank", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="the supernet: a file, or supernet.py's folder")
-    parser.add_argument("--imagenet-dir", default=os.path.join(ROOT, "data", "digits"))
+    parser.add_argument("--imagenet-dir", default=os.path.join(PROJECT_DIR, "data", "digits"))
     parser.add_argument("--architectures", type=int, default=10, help="how many architectures to rank")
     parser.add_argument("--architecture-final", default=None, metavar="FILE",
                         help="also rank this one (the search's architecture_final.json)")
@@ -62,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="which architectures are drawn")
     parser.add_argument("--output-dir", default="ranking_output")
-    return parse_args_with_recipe(parser, argv, "bench_ranking.py")
+    return parse_args_with_recipe(parser, argv, "reproduction.rank")
 
 
 def choose_architectures(count, flops_limit, seed, final=None):
@@ -75,114 +67,6 @@ def choose_architectures(count, flops_limit, seed, final=None):
     if final is not None and final not in picks:
         picks[len(picks) // 2] = final  # it replaces the one of median FLOPs
     return picks
-
-
-def supernet_scores(args, architectures, cache_path):
-    """Each architecture's accuracy with the supernet's weights, scored as a trial does; each score is kept in
-    ``cache_path`` as soon as it is known, with the checkpoint and settings it belongs to, so a rerun (after a
-    kill too) scores only the architectures it lacks."""
-    import shlex
-
-    import torch
-
-    import tester
-    from spos.architecture import format_choices
-    from spos.hardware import compute_dtype, get_device
-    from spos.scoring import evaluate_candidate, load_scoring_data, load_supernet
-    from spos.search_state import write_atomically
-
-    trial_args = tester.parse_args(["--imagenet-dir", args.imagenet_dir, "--checkpoint", args.checkpoint,
-                                    *shlex.split(args.tester_args)])
-    checkpoint = tester.find_checkpoint(trial_args)
-    device = get_device(trial_args.device)
-    autocast_dtype = compute_dtype(trial_args.precision, device)
-    key = {"checkpoint": os.path.abspath(checkpoint), "mtime_ns": os.stat(checkpoint).st_mtime_ns,
-           "data": os.path.abspath(trial_args.imagenet_dir), "compute_dtype": str(autocast_dtype),
-           "settings": {k: getattr(trial_args, k) for k in ("input_size", "spos_preprocessing", "train_batch_size",
-                                                            "train_iters", "test_batch_size", "seed")}}
-    known = {}
-    if os.path.exists(cache_path):
-        try:
-            with open(cache_path) as f:
-                cached = json.load(f)
-            if cached.get("key") == key:
-                known = dict(cached["accuracies"])
-        except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
-            print(f"{cache_path}: unreadable ({e}); scoring again", file=sys.stderr, flush=True)
-    missing = [a for a in architectures if format_choices(a) not in known]
-    if missing:
-        print(f"supernet scores: {len(architectures) - len(missing)} of {len(architectures)} known, "
-              f"{len(missing)} to score", file=sys.stderr, flush=True)
-        torch.set_flush_denormal(True)
-        train, val, classes, _ = load_scoring_data(trial_args, device, keep=True)
-        model = load_supernet(checkpoint, trial_args.input_size, len(classes), device, trial_args.channels_last)
-        for number, architecture in enumerate(missing, 1):
-            torch.manual_seed(trial_args.seed)
-            result = evaluate_candidate(model, architecture, train, val, trial_args.train_iters,
-                                        autocast_dtype=autocast_dtype)
-            known[format_choices(architecture)] = result["accuracy"]
-            write_atomically(cache_path, json.dumps({"key": key, "accuracies": known}, indent=1))
-            print(f"supernet score {number}/{len(missing)}: {result['accuracy']:.4f}", file=sys.stderr, flush=True)
-    return [known[format_choices(a)] for a in architectures], checkpoint
-
-
-def finished_accuracy(run_dir, epochs):
-    """The last epoch's val top-1 of a finished stand-alone run, or None when it has not finished."""
-    from spos.checkpoint import load_training_state
-
-    path = os.path.join(run_dir, SCRATCH_STATE)
-    if not os.path.exists(path):
-        return None
-    state = load_training_state(path)
-    return state["history"][-1][0] if state["epoch"] >= epochs and state.get("history") else None
-
-
-def scratch_arguments(args, architecture_file, seed, run_dir):
-    """scratch.py and its flags for one stand-alone run (resumed where an earlier one stopped)."""
-    import shlex
-
-    return [os.path.join(ROOT, "scratch.py"), "--fixed-arc", architecture_file, "--imagenet-dir", args.imagenet_dir,
-            "--epochs", str(args.epochs), "--seed", str(seed), "--output-dir", run_dir, "--tb-dir",
-            os.path.join(run_dir, "tb"), "--resume", *shlex.split(args.scratch_args)]
-
-
-def run_stand_alone(args, runs, jobs, device_count):
-    """scratch.py for each (architecture file, seed, run folder) not finished yet, ``jobs`` at a time."""
-    pending = [run for run in runs if finished_accuracy(run[2], args.epochs) is None]
-    print(f"stand-alone runs: {len(runs) - len(pending)} of {len(runs)} finished earlier, {len(pending)} to run, "
-          f"{jobs} at a time", file=sys.stderr, flush=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    running, slot_free, started = [], list(range(jobs)), time.perf_counter()
-    while pending or running:
-        while pending and slot_free:
-            architecture_file, seed, run_dir = pending.pop(0)
-            slot = slot_free.pop(0)
-            os.makedirs(run_dir, exist_ok=True)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            if device_count:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            log = open(os.path.join(run_dir, "stdout.log"), "a")
-            command = [sys.executable, *scratch_arguments(args, architecture_file, seed, run_dir)]
-            running.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
-                            log, run_dir, slot))
-        time.sleep(0.5)
-        for entry in list(running):
-            process, log, run_dir, slot = entry
-            if process.poll() is None:
-                continue
-            log.close()
-            running.remove(entry)
-            slot_free.append(slot)
-            if process.returncode != 0:
-                for other, other_log, *_ in running:
-                    other.terminate()
-                    other.wait()
-                    other_log.close()
-                raise UserError(f"a stand-alone run failed (exit {process.returncode}); see "
-                                f"{os.path.join(run_dir, 'stdout.log')}")
-            done = len(runs) - len(pending) - len(running)
-            print(f"stand-alone run {run_dir} done ({done}/{len(runs)}, {time.perf_counter() - started:.0f} s)",
-                  file=sys.stderr, flush=True)
 
 
 def plot(path, scores, accuracies, flops, title):

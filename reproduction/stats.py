@@ -1,4 +1,4 @@
-"""The statistics of bench_ranking.py and bench/reproduce.py, in plain Python (tested against scipy's where scipy
+"""The statistics of the reproduction (rank.py, reproduce.py), in plain Python (tested against scipy's where scipy
 has them): Kendall tau, Spearman rho, top-k overlap, the seed-to-seed tau of stand-alone runs, an architecture's
 percentile among others, with bootstrap intervals (over the architectures, and over each one's seeds)."""
 import math

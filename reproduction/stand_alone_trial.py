@@ -1,27 +1,24 @@
-"""One stand-alone run of bench/reproduce.py as an NNI trial (``reproduce.py --engine nni``): the experiment's grid
+"""One stand-alone run of the reproduction as an NNI trial (``python -m reproduction.reproduce --engine nni``): the experiment's grid
 search hands each trial one run's name; the trial runs scratch.py for it with the flags reproduce.py wrote into
 its plan (resumed where an earlier trial of that run stopped, skipped when the run has finished) and reports the
 run's last val top-1 as the trial's final result, which NNI's web UI lists.
 
-    python bench/stand_alone_trial.py --plan reproduce_output/nni_plan.json      # the trialCommand
+    python -m reproduction.stand_alone_trial --plan reproduce_output/nni_plan.json      # the trialCommand
 """
+import argparse
+import json
 import os
+import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-
-from bench_ranking import finished_accuracy  # noqa: E402
-
-from utils import UserError, run_main  # noqa: E402
+from reproduction.stand_alone import finished_accuracy
+from spos.options import PROJECT_DIR
+from utils import UserError, run_main
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reproduction.stand_alone_trial",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--plan", required=True, help="reproduce.py's nni_plan.json")
     args = parser.parse_args(argv)
     import nni
@@ -40,7 +37,7 @@ def main(argv=None):
         os.makedirs(run["run_dir"], exist_ok=True)
         log_path = os.path.join(run["run_dir"], "stdout.log")
         with open(log_path, "a") as log:
-            code = subprocess.run([sys.executable, *run["arguments"]], cwd=ROOT, stdout=log,
+            code = subprocess.run([sys.executable, *run["arguments"]], cwd=PROJECT_DIR, stdout=log,
                                   stderr=subprocess.STDOUT).returncode
         if code != 0:
             raise UserError(f"stand-alone run {name} failed (exit {code}); see {log_path}")

@@ -2,16 +2,16 @@
 architectures drawn at random in the FLOPs band of the search's answers, all trained from scratch alike, each
 with several seeds.
 
-    python bench/reproduce.py                             # data/fashion (data/make_fashion_mnist.py), its recipe
-    python bench/reproduce.py --imagenet-dir data/digits --checkpoint demo_output/supernet
+    python -m reproduction.reproduce                      # data/fashion (data/make_fashion_mnist.py), its recipe
+    python -m reproduction.reproduce --imagenet-dir data/digits --checkpoint demo_output/supernet
 
 1. the supernet: --checkpoint, or supernet.py trained here with the data's recipe (<output-dir>/supernet);
-2. the search: tester.py --evolution, the tuner of --search-config in one process (<output-dir>/search);
+2. the search: python -m spos.search with the tuner settings of --search-config (<output-dir>/search);
 3. the architectures: the search's answer and its --next-best best other candidates; the one-choice networks
    (all Shuffle 3x3, 5x5, 7x7, Xception); --random architectures drawn uniformly among those in the FLOPs band
    of the answer and next-best candidates (at least --band-width of the limit wide, under the limit), so that
    FLOPs alone do not decide;
-4. each scored with the supernet as a trial scores a candidate (bench_ranking.py's scoring), and trained from
+4. each scored with the supernet as a trial scores a candidate (reproduction/supernet_scores.py), and trained from
    scratch with scratch.py itself, --seeds times, with the same recipe: side by side on this machine (one run per
    CPU core or GPU), or as the trials of an NNI experiment (--engine nni: NNI's training services run them, its
    web UI shows them);
@@ -23,38 +23,34 @@ Every step resumes: a rerun reuses the supernet, the search, the scores and ever
 interrupted ones. Writes to --output-dir: comparison.md (what is printed), runs.csv (every run), comparison.png,
 args.json, architectures/, runs/<architecture>_seed<seed>/, and supernet/, search/ when made here.
 """
+import argparse
+import csv
+import json
+import math
 import os
+import shlex
+import subprocess
 import sys
+import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-from bench_ranking import finished_accuracy, run_stand_alone, scratch_arguments, supernet_scores  # noqa: E402
-from ranking import (bootstrap_interval, difference_interval, kendall_tau, mean, mean_difference_interval,  # noqa: E402
-                     percentile, percentile_interval, seed_to_seed_interval, seed_to_seed_tau)
-from report import emit, markdown_table  # noqa: E402
-
-from spos.architecture import format_choices, write_architecture  # noqa: E402
-from spos.options import parse_args_with_recipe, project_file  # noqa: E402
-from utils import UserError, run_main, save_args  # noqa: E402
+from reproduction.stand_alone import finished_accuracy, run_stand_alone, scratch_arguments
+from reproduction.stats import (bootstrap_interval, difference_interval, kendall_tau, mean, mean_difference_interval,
+                                percentile, percentile_interval, seed_to_seed_interval, seed_to_seed_tau)
+from reproduction.supernet_scores import supernet_scores
+from spos.architecture import format_choices, write_architecture
+from spos.options import PROJECT_DIR, parse_args_with_recipe, project_file
+from spos.report import emit, markdown_table
+from utils import UserError, run_main, save_args
 
 ONE_CHOICE_NAMES = ("all Shuffle 3x3", "all Shuffle 5x5", "all Shuffle 7x7", "all Xception")
 NNI_SILENCE_S = 120  # an experiment whose web server stays silent this long has died
-PLAN_FILE = "nni_plan.json"  # what bench/stand_alone_trial.py reads: the stand-alone runs by name
+PLAN_FILE = "nni_plan.json"  # what reproduction/stand_alone_trial.py reads: the stand-alone runs by name
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reproduction.reproduce", description=__doc__.splitlines()[0])
     group = parser.add_argument_group("data and supernet")
-    group.add_argument("--imagenet-dir", default=os.path.join(ROOT, "data", "fashion"))
+    group.add_argument("--imagenet-dir", default=os.path.join(PROJECT_DIR, "data", "fashion"))
     group.add_argument("--checkpoint", default=None,
                        help="the supernet (a file, or supernet.py's folder); default: train one here")
     group.add_argument("--supernet-args", default="", help="more supernet.py flags, when it is trained here")
@@ -86,7 +82,7 @@ def parse_args(argv=None):
     group.add_argument("--scratch-args", default="",
                        help="more flags for every scratch.py run, e.g. \"--batch-size 256 --workers 8\"")
     group.add_argument("--output-dir", default="reproduce_output")
-    args = parse_args_with_recipe(parser, argv, "reproduce.py")
+    args = parse_args_with_recipe(parser, argv, "reproduction.reproduce")
     if args.search_config is None:
         args.search_config = project_file("config_search_cpu.yml")
     if args.next_best < 0 or args.random < 1 or args.seeds < 1 or args.epochs < 1 or args.jobs < 0 \
@@ -99,7 +95,7 @@ def parse_args(argv=None):
 def train_supernet(args, log_dir):
     """supernet.py with the data's recipe into <output-dir>/supernet, resumed (a finished one is reused)."""
     output_dir = os.path.join(args.output_dir, "supernet")
-    run_step("supernet", [os.path.join(ROOT, "supernet.py"), "--imagenet-dir", args.imagenet_dir, "--output-dir",
+    run_step("supernet", [os.path.join(PROJECT_DIR, "supernet.py"), "--imagenet-dir", args.imagenet_dir, "--output-dir",
                           output_dir, "--resume", *shlex.split(args.supernet_args)], log_dir)
     return output_dir
 
@@ -111,7 +107,7 @@ def run_search(args, checkpoint, log_dir):
     output_dir = os.path.join(args.output_dir, "search")
     state_path = os.path.join(output_dir, EXPORT_DIR, STATE_FILE)
     resume = ["--resume"] if os.path.exists(state_path) else []
-    run_step("search", [os.path.join(ROOT, "tester.py"), "--evolution", "--imagenet-dir", args.imagenet_dir,
+    run_step("search", ["-m", "spos.search", "--imagenet-dir", args.imagenet_dir,
                         "--checkpoint", checkpoint, "--search-config", args.search_config, "--output-dir",
                         output_dir, *resume, *shlex.split(args.tester_args)], log_dir)
     state = read_state(state_path)
@@ -125,7 +121,7 @@ def run_step(name, arguments, log_dir):
     log_path = os.path.join(log_dir, f"{name}.log")
     print(f"{name}: {' '.join(arguments)}\n  log: {log_path}", file=sys.stderr, flush=True)
     with open(log_path, "a") as log:
-        code = subprocess.run([sys.executable, *arguments], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run([sys.executable, *arguments], cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise UserError(f"{name} failed (exit {code}); see {log_path}")
 
@@ -183,7 +179,7 @@ def choose_architectures(args, searched, limit, channel_search):
 
 def run_as_nni_trials(args, runs, jobs, device_count):
     """The unfinished runs as the trials of one NNI experiment (grid search over their names): each trial is
-    bench/stand_alone_trial.py for one run. Waits until every run has finished, then stops the experiment."""
+    reproduction/stand_alone_trial.py for one run. Waits until every run has finished, then stops the experiment."""
     import yaml
 
     from spos.nni_experiment import NNI_GAVE_UP, create_experiment, experiment_status, nnictl_env, stop_experiment
@@ -213,9 +209,9 @@ def run_as_nni_trials(args, runs, jobs, device_count):
     threads = max(1, (os.cpu_count() or 1) // jobs) if not device_count else 1
     config = {"experimentName": "SPOS reproduction: stand-alone runs",
               "searchSpace": {"run": {"_type": "choice", "_value": sorted(pending)}},
-              "trialCommand": f"OMP_NUM_THREADS={threads} python bench/stand_alone_trial.py --plan "
+              "trialCommand": f"OMP_NUM_THREADS={threads} python -m reproduction.stand_alone_trial --plan "
                               f"{shlex.quote(plan_path)}",
-              "trialCodeDirectory": ROOT, "trialConcurrency": jobs, "trialGpuNumber": 1 if device_count else 0,
+              "trialCodeDirectory": PROJECT_DIR, "trialConcurrency": jobs, "trialGpuNumber": 1 if device_count else 0,
               "maxTrialNumber": len(pending), "tuner": {"name": "GridSearch"},
               "experimentWorkingDirectory": os.path.abspath(os.path.join(args.output_dir, "nni-experiments")),
               "trainingService": training_service}
@@ -224,7 +220,7 @@ def run_as_nni_trials(args, runs, jobs, device_count):
         yaml.safe_dump(config, f, sort_keys=False)
     env = nnictl_env()
     log_path = os.path.join(args.output_dir, "logs", "nnictl.log")
-    experiment_id, port = create_experiment(config_path, log_path, env, ROOT, args.port)
+    experiment_id, port = create_experiment(config_path, log_path, env, PROJECT_DIR, args.port)
     print(f"NNI experiment {experiment_id}: its web UI listens on every interface at port {port}; if this command "
           f"stops, run it again: finished runs are skipped, interrupted ones resume", file=sys.stderr, flush=True)
     trials = f"{config['experimentWorkingDirectory']}/{experiment_id}/environments"
@@ -251,7 +247,7 @@ def run_as_nni_trials(args, runs, jobs, device_count):
                             f"{len(pending)} runs unfinished; see the trials' logs under {trials} and each run's "
                             f"stdout.log")
     finally:
-        stop_experiment(experiment_id, env, ROOT)
+        stop_experiment(experiment_id, env, PROJECT_DIR)
 
 
 def comparison(scores, accuracies, roles):
@@ -350,9 +346,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    import scratch
-    from network import PAPER_CLASSES, PAPER_INPUT_SIZE
-    from spos.scoring import network_options_of, resolve_checkpoint
+    from network import architecture_flops, architecture_net, count_parameters
+    from spos.checkpoint import checkpoint_options, find_checkpoint
 
     if not os.path.isdir(os.path.join(args.imagenet_dir, "train")):
         raise UserError(f"{args.imagenet_dir}: no train/ folder (Fashion-MNIST: `python data/make_fashion_mnist.py`"
@@ -368,8 +363,8 @@ def main(argv=None):
         started = time.perf_counter()
         checkpoint = train_supernet(args, log_dir)
         timings["supernet"] = time.perf_counter() - started
-    checkpoint = resolve_checkpoint(checkpoint)
-    channel_search = bool(network_options_of(checkpoint).get("channel_search"))
+    checkpoint = find_checkpoint(checkpoint)
+    channel_search = bool(checkpoint_options(checkpoint).get("channel_search"))
 
     started = time.perf_counter()
     state = run_search(args, checkpoint, log_dir)
@@ -405,9 +400,9 @@ def main(argv=None):
 
     table = []
     for name, role, architecture, score, runs_of in zip(names, roles, architectures, scores, accuracies):
-        flops, net = scratch.architecture_flops(architecture, PAPER_INPUT_SIZE, PAPER_CLASSES)
-        table.append({"name": name, "role": role, "architecture": architecture, "flops": flops,
-                      "params": sum(p.numel() for p in net.parameters()), "score": score, "runs": runs_of})
+        table.append({"name": name, "role": role, "architecture": architecture,
+                      "flops": architecture_flops(architecture),
+                      "params": count_parameters(architecture_net(architecture)), "score": score, "runs": runs_of})
     with open(os.path.join(args.output_dir, "runs.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["architecture", "role", "genes", "flops", "params", "supernet_accuracy", "seed", "epochs",

@@ -1,0 +1,56 @@
+"""Atomic file writes, for every file a run leaves behind (checkpoints and training states, the search's table and
+state, architecture files, the scoring cache): the contents go to a temporary file in the same folder, are flushed
+to the disk and renamed over the file's name, and the folder is synced, so a reader or a crash sees the old file or
+the new one, never half of one, and successive writes reach the disk in the order they were made. A kill leaves at
+most a temporary file, named ``.tmp-<random>-<name>``, which ``remove_interrupted_writes`` clears."""
+import glob
+import logging
+import os
+import tempfile
+
+logger = logging.getLogger("spos")
+
+TEMP_PREFIX = ".tmp-"
+
+
+def write_atomically(path, write, binary=False):
+    """Create or replace ``path`` with what ``write(file)`` writes into an open file (bytes when ``binary``)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f"-{os.path.basename(path)}", dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def write_text(path, text):
+    write_atomically(path, lambda f: f.write(text))
+
+
+def save_tensors(obj, path):
+    """``torch.save(obj, path)``, atomically."""
+    import torch  # here: the search's files are written without torch
+
+    write_atomically(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def remove_interrupted_writes(folder):
+    """Remove the temporary files that writes into ``folder`` left when a kill interrupted them (a training state's
+    can be gigabytes); returns their paths."""
+    leftovers = sorted(glob.glob(os.path.join(glob.escape(folder), f"{TEMP_PREFIX}*")))
+    for leftover in leftovers:
+        os.unlink(leftover)
+        logger.info("removed %s, left by an interrupted write", leftover)
+    return leftovers
