@@ -5,8 +5,9 @@ process per GPU (NCCL), tester.py as a trial, the in-process search, scratch.py,
 ``trialGpuNumber: 1``. The data: generated ImageNet-layout JPEGs, the network at 224x224.
 
 ``--dry-run`` runs the same checks on the CPU at tiny sizes (32x32, a few images), the GPU-only ones (DALI's
-GPU decoding) reported as skipped, torchrun with 2 gloo processes: the test suite runs it so that it cannot
-rot. Exit status 1 when a check fails.
+GPU decoding) reported as skipped, torchrun with 2 gloo processes (the test suite runs it with the commands
+stubbed, each checked against its script's flags: the paths themselves are tested elsewhere). Exit status 1 when
+a check fails.
 
     python bench/acceptance.py --output acceptance.md            # on a GPU machine: about 3 minutes
     python bench/acceptance.py --dry-run --output acceptance.md  # anywhere
@@ -194,7 +195,7 @@ class Acceptance:
                     raise CheckFailed(f"the search did not finish in {self.args.timeout} s ({state_path})")
                 time.sleep(1)
         finally:
-            subprocess.run([nnictl, "stop", found.group(1)], capture_output=True, timeout=120)
+            run([nnictl, "stop", found.group(1)], self.log("nnictl_stop"), 120)
         state = read_state(state_path)
         if state["candidates_scored"] != 4 or state["error"]:
             raise CheckFailed(f"{state['candidates_scored']} of 4 candidates scored, error {state['error']!r}")

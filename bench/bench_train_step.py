@@ -53,7 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--imagenet-dir", default=os.path.join(ROOT, "data", "digits"))
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps (after 10 warm-up steps)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=10, help="steps before the timed ones")
     parser.add_argument("--synthetic", action="store_true", help="random in-memory batches instead of the loader")
     parser.add_argument("--load", type=int, default=0, help="busy processes running beside every measurement")
     parser.add_argument("--output", default=None, help="also write the table here (Markdown)")
@@ -76,11 +77,11 @@ def measure(args):
     supernet = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=10,
                                    channel_search=args.run == "project_channels")
     sampler = FlopsBinnedSampler(supernet, random.Random(0))
-    paths = [sampler() for _ in range(args.steps + 10)]
+    paths = [sampler() for _ in range(args.warmup + args.steps)]
     if args.synthetic:
         batches = [(torch.randn(args.batch_size, 3, args.input_size, args.input_size),
                     torch.randint(0, 10, (args.batch_size,))) for _ in range(4)]
-        source = (batches[i % 4] for i in range(args.steps + 10))
+        source = (batches[i % 4] for i in range(args.warmup + args.steps))
     else:
         from dataloader import ImageFolderLoader
 
@@ -118,7 +119,7 @@ def measure(args):
         started = time.perf_counter()
         images, labels = next(source)
         step(images, labels, path)
-        if i >= 10:
+        if i >= args.warmup:
             seconds.append(time.perf_counter() - started)
     return {"ms": [1000 * s for s in seconds], "threads": torch.get_num_threads()}
 
@@ -142,8 +143,9 @@ def main(argv=None):
         return
     if not args.synthetic and not os.path.isdir(os.path.join(args.imagenet_dir, "train")):
         raise UserError(f"{args.imagenet_dir}: no train/ folder (python data/make_digits.py writes the digits)")
-    if args.load < 0:
-        raise UserError(f"--load must be 0 or more, got {args.load}")
+    if args.load < 0 or args.warmup < 0 or args.steps < 1:
+        raise UserError(f"--load and --warmup must be 0 or more and --steps positive, got {args.load}, "
+                        f"{args.warmup} and {args.steps}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     try:
@@ -160,7 +162,8 @@ def main(argv=None):
         rows.append([name, str(result["threads"]), f"{median:.1f}", f"{min(result['ms']):.1f}",
                      f"{yardstick / median:.2f}x"])
     data = "synthetic in-memory batches" if args.synthetic else f"{args.imagenet_dir} through the project's loader"
-    emit(f"supernet train step, {args.input_size}x{args.input_size}, batch {args.batch_size}, {args.steps} steps, "
+    emit(f"supernet train step, {args.input_size}x{args.input_size}, batch {args.batch_size}, {args.steps} steps "
+         f"after {args.warmup}, "
          f"{data}, {cores} cores, {args.load} busy processes beside it\n\n"
          + markdown_table(["run", "compute threads", "median ms a step", "fastest", "ratio"], rows),
          args.output)

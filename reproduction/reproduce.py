@@ -59,7 +59,10 @@ def parse_args(argv=None):
                        help="the NNI config whose tuner.classArgs the search uses, its FLOPs limit included "
                             "(default: config_search_cpu.yml)")
     group.add_argument("--tester-args", default="",
-                       help="more tester.py flags for the search and the supernet scores, e.g. \"--train-iters 100\"")
+                       help="more scoring flags (tester.py's) for the search and the supernet scores, e.g. "
+                            "\"--train-iters 100\"")
+    group.add_argument("--search-args", default="",
+                       help="more flags for the search alone (python -m spos.search), e.g. \"--search-workers 1\"")
     group = parser.add_argument_group("comparison")
     group.add_argument("--next-best", type=int, default=2, help="the search's best candidates after its answer")
     group.add_argument("--one-choice", type=int, nargs="*", default=[0, 1, 2, 3], metavar="CHOICE",
@@ -109,7 +112,7 @@ def run_search(args, checkpoint, log_dir):
     resume = ["--resume"] if os.path.exists(state_path) else []
     run_step("search", ["-m", "spos.search", "--imagenet-dir", args.imagenet_dir,
                         "--checkpoint", checkpoint, "--search-config", args.search_config, "--output-dir",
-                        output_dir, *resume, *shlex.split(args.tester_args)], log_dir)
+                        output_dir, *resume, *shlex.split(args.tester_args), *shlex.split(args.search_args)], log_dir)
     state = read_state(state_path)
     if state["error"] or not state["finished"]:
         raise UserError(f"{state_path}: the search did not finish ({state['error'] or 'stopped'})")

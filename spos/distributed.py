@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,11 @@ def wrap(model, context, supernet):
     get no update at all, as on one process."""
     if not context.enabled:
         return model
+    # DDP copies each gradient into its bucket through a view with the parameter's strides. A channels-last
+    # weight's gradient can come back with other strides, on its size-1 dimensions only (a 1x1 conv run as a
+    # matrix multiply on a small map, a channel-search block's first channels): the same layout, copied at the
+    # same cost (bench/bench_ddp_grad_copy.py: 1.00x), so DDP's warning about it says nothing to act on.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=supernet)
 

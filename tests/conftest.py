@@ -1,6 +1,6 @@
 """Shared fixtures: the repository on sys.path, the real digits dataset (written once per test run) and a small
 subset of it, a fresh interpreter to run code in, a digits supernet checkpoint, the environment of a user who
-activated the venv."""
+activated the venv, and the demo run once a session (its trained supernet and finished nnictl search)."""
 import logging
 import os
 import shutil
@@ -52,6 +52,30 @@ def small_digits(digits_dir, tmp_path_factory):
     return root
 
 
+DEMO_TIMEOUT_S = 900
+
+
+def demo_command(output_dir, port, *extra):
+    """`make demo`'s command, reduced: a warm start of 100 steps and 1 epoch of supernet, 4 random paths scored, a
+    real nnictl search of 2 rounds of 4 candidates, 3 epochs from scratch."""
+    return [sys.executable, "demo.py", "--supernet-paths", "4", "--scratch-epochs", "3", "--search-rounds", "2",
+            "--search-population", "4", "--port", str(port), "--output-dir", str(output_dir), *extra]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The reduced demo (``demo_command``), run once a session; the tests that use it share the xdist group "demo"
+    (one worker runs them, so it runs once). Returns (its output folder, the web UI's port, the completed
+    process)."""
+    from spos.nni_experiment import free_port
+
+    output_dir, port = tmp_path_factory.mktemp("demo") / "out", free_port()
+    done = subprocess.run(demo_command(output_dir, port, "--supernet-epochs", "1", "--supernet-warm-start-steps", "100"),
+                          cwd=REPO, env=venv_env(), capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return output_dir, port, done
+
+
 @pytest.fixture
 def spos_warnings(caplog, monkeypatch):
     """Warnings of the 'spos' logger, each once (setup_logging may have stopped it propagating)."""
@@ -77,6 +101,21 @@ KILL_POINT = os.path.join(REPO, "tests", "kill_point.py")
 def killed_at(point, script):
     """The command line that runs ``script`` (a path) and SIGKILLs it at ``point`` (tests/kill_point.py)."""
     return [sys.executable, KILL_POINT, point, script]
+
+
+def assert_drawn_png(path, size, colours=()):
+    """``path`` decodes as a PNG of ``size`` (width, height) pixels holding a drawing (neither blank nor filled),
+    with a pixel close to each RGB colour of ``colours`` (a marker, a line of a known colour)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == size, (image.format, image.size)
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int32).reshape(-1, 3)
+    inked = float((pixels.min(axis=1) < 200).mean())
+    assert 0.01 < inked < 0.6, f"{path}: {inked:.1%} of the pixels are not near white"
+    for colour in colours:
+        assert (np.abs(pixels - colour).sum(axis=1) < 60).any(), f"{path}: no pixel near {colour}"
 
 
 def venv_env(**extra):

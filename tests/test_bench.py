@@ -70,25 +70,104 @@ def test_gpu_check_without_cuda_is_one_clear_error():
     assert "--device cpu" in result.stderr
 
 
-def test_gpu_check_sh_dry_run_runs_every_user_path_then_the_throughput_table(tmp_path):
-    """The GPU slot's one script, on the CPU at tiny sizes: each user path a PASS line (DALI's GPU decoding
-    skipped), then the throughput table with the options after RESULT.md, both in the result file."""
+STUB_PYTHON = r"""#!/bin/sh
+# a stand-in for python: logs its arguments, writes its --output, exits with $STUB_EXIT_<script>
+echo "$@" >> "$STUB_LOG"
+script=$(basename "$1" .py)
+while [ $# -gt 0 ]; do
+    if [ "$1" = "--output" ]; then echo "table of $script" > "$2"; fi
+    shift
+done
+eval "exit \${STUB_EXIT_$script:-0}"
+"""
+
+
+def test_gpu_check_sh_runs_the_user_paths_then_the_throughput_table_into_one_file(tmp_path):
+    """The GPU slot's one script, its two parts stubbed (acceptance.py's paths and gpu_check.py's table are tested
+    below and above): the order, the options each part gets, the result file beside the caller, the exit status."""
     assert run("bash", "-n", GPU_CHECK_SH).returncode == 0
-    env = {**os.environ, "PYTHON": sys.executable}
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub), "STUB_LOG": str(tmp_path / "calls.log")}
     usage = run("bash", GPU_CHECK_SH, "--dry-run", env=env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
-    # the result file is relative to the caller's folder
-    result = run("bash", GPU_CHECK_SH, "--dry-run", "result.md", "--device", "cpu", "--steps", "1", "--warmup", "0",
-                 "--batch-size", "2", "--input-size", "32", cwd=tmp_path, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = [line.split(None, 1) for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL", "SKIP"))]
+
+    result = run("bash", GPU_CHECK_SH, "--dry-run", "result.md", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    acceptance_call, throughput_call = (tmp_path / "calls.log").read_text().splitlines()
+    assert acceptance_call.startswith(os.path.join(REPO, "bench", "acceptance.py") + " --dry-run --output ")
+    assert throughput_call.startswith(os.path.join(REPO, "bench", "gpu_check.py") + " --output ")
+    assert throughput_call.endswith("--device cpu --steps 2 --warmup 0 --batch-size 4 --input-size 64")  # tiny
+    assert (tmp_path / "result.md").read_text() == "table of acceptance\n\ntable of gpu_check\n"
+
+    (tmp_path / "calls.log").unlink()
+    result = run("bash", GPU_CHECK_SH, "result.md", "--batch-size", "128", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "--dry-run" not in (tmp_path / "calls.log").read_text()
+    assert (tmp_path / "calls.log").read_text().splitlines()[1].endswith(" --batch-size 128")  # options passed on
+
+    failed = run("bash", GPU_CHECK_SH, "result.md", cwd=tmp_path, env={**env, "STUB_EXIT_acceptance": "1"})
+    assert failed.returncode == 1 and "user paths exit 1, throughput exit 0" in failed.stderr
+    assert "table of gpu_check" in (tmp_path / "result.md").read_text()  # the table still runs after a failed path
+
+
+def test_acceptance_dry_run_checks_every_user_path_with_commands_each_script_takes(tmp_path, monkeypatch, capsys):
+    """bench/acceptance.py --dry-run with its commands stubbed (each path runs for real in its own tests): every
+    command it would run is one its script's own parser takes, and each check reads the output it expects."""
+    import json
+
+    import scratch
+    import supernet
+    import tester
+    from spos import search
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import acceptance
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))
+    parsers = {"supernet.py": supernet.parse_args, "scratch.py": scratch.parse_args, "tester.py": tester.parse_args,
+               "spos.search": search.parse_args}
+    commands = []
+
+    def stub(command, log_path, timeout, env=None, expect=0):
+        commands.append(command)
+        words = [os.path.basename(w) if w.endswith(".py") else w for w in command]
+        if "nnictl" in os.path.basename(words[0]):
+            if words[1] == "create":
+                import shlex
+
+                import yaml
+                with open(command[command.index("--config") + 1]) as f:
+                    trial = shlex.split(yaml.safe_load(f)["trialCommand"])
+                tester.parse_args(trial[trial.index("tester.py") + 1:])  # what each trial will run
+                state = os.path.join(os.path.dirname(log_path), "nni-experiments", "abc", "log", "checkpoints")
+                os.makedirs(state)
+                with open(os.path.join(state, "search_state.json"), "w") as f:
+                    json.dump({"format": 1, "finished": True, "candidates_scored": 4, "error": None}, f)
+                return "Experiment ID: abc"
+            return ""
+        script = next(w for w in words if w in parsers or w == "kill_point.py")
+        flags = words[words.index(script) + 1:]
+        if script == "kill_point.py":
+            script, flags = flags[1], flags[2:]
+        parsers[script](flags)  # argparse exits on a flag the script does not take
+        if "torch.distributed.run" in words:
+            return "2 process(es) on cpu\nthe 2 processes hold the same weights\n"
+        return {"supernet.py": "1 of 2 epochs done\nEpoch [2/2] done in 1.0 s: (50 img/s)\n",
+                "tester.py": json.dumps({"accuracy": 0.5, "accuracy_before_recalibration": 0.4}),
+                "spos.search": "in-process search: 4 candidates", "scratch.py": ""}[script]
+
+    monkeypatch.setattr(acceptance, "run", stub)
+    assert acceptance.main(["--dry-run", "--work-dir", str(tmp_path), "--output", str(tmp_path / "a.md")]) == 0
+    lines = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()
+             if line.startswith(("PASS", "FAIL", "SKIP"))]
     assert [(verdict, what.split("  ")[0].strip()) for verdict, what in lines] == [
         ("SKIP", "DALI GPU decoding"), ("PASS", "supernet.py"), ("PASS", "torchrun"), ("PASS", "tester.py trial"),
         ("PASS", "in-process search"), ("PASS", "scratch.py"), ("PASS", "nnictl search")]
-    text = (tmp_path / "result.md").read_text()
-    assert "User paths (CPU, --dry-run; 32x32, batch 16): 6 passed, 0 failed" in text
-    assert "killed between its checkpoint writes, resumed" in text and "2 processes (gloo)" in text
-    assert "32x32, 1,000 classes, batch 2" in text  # the throughput table, with the options given
+    assert "User paths (CPU, --dry-run; 32x32, batch 16): 6 passed, 0 failed" in (tmp_path / "a.md").read_text()
+    killed = next(c for c in commands if "kill_point.py" in " ".join(c))
+    assert killed[killed.index(os.path.join("tests", "kill_point.py")) + 1] == "between-writes"
 
 
 def test_a_failed_check_is_a_fail_line_and_exit_status_1(tmp_path, monkeypatch, capsys):
@@ -179,10 +258,10 @@ def test_bench_model_compares_with_the_plain_yardstick(tmp_path):
 def test_bench_train_step_runs_each_setting_in_its_own_environment(small_digits, tmp_path):
     output = tmp_path / "step.md"
     done = run(sys.executable, os.path.join(REPO, "bench", "bench_train_step.py"), "--imagenet-dir", str(small_digits),
-               "--steps", "3", "--load", "1", "--output", str(output), timeout=300)
+               "--steps", "2", "--warmup", "1", "--synthetic", "--output", str(output), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     text = output.read_text()
-    assert "1 busy processes beside it" in text
+    assert "2 steps after 1, synthetic in-memory batches" in text and "0 busy processes beside it" in text
     rows = {row[0]: row for row in table_rows(text) if row[0] != "run"}
     assert set(rows) == {"yardstick", "project", "project, passive", "project, all cores",
                          "project, all cores, passive", "project, channel search"}
@@ -224,10 +303,24 @@ def test_bench_search_reads_the_trials_timing_lines(tmp_path):
     config = {"trialCommand": "OMP_NUM_THREADS=1 python tester.py --imagenet-dir data/digits --checkpoint "
                               "checkpoints --train-iters 20"}
     command = bench_search.in_process_command(config, "/ckpt", "search.yml", "/out")
-    assert command[1:] == ["tester.py", "--evolution", "--search-config", "search.yml", "--output-dir", "/out",
+    assert command[1:] == ["-m", "spos.search", "--search-config", "search.yml", "--output-dir", "/out",
                            "--imagenet-dir", "data/digits", "--checkpoint", "/ckpt", "--train-iters", "20"]
+    from spos import search
+
+    search.parse_args(command[3:])  # flags the search takes
 
 
 def test_bench_model_without_the_requested_gpu_is_one_clear_line():
     done = run(sys.executable, os.path.join(REPO, "bench", "bench_model.py"), "--device", "cuda:7", timeout=120)
     assert done.returncode == 2 and "--device cuda:7" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ddp_gradient_copy_costs_the_same_into_ddps_views():
+    done = run(sys.executable, os.path.join(REPO, "bench", "bench_ddp_grad_copy.py"), "--paths", "1", "--repeats", "3",
+               timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {(row[0], row[1]): row for row in table_rows(done.stdout)}
+    assert set(rows) == {(size, search) for size in ("32x32", "224x224") for search in ("block", "block + channel")}
+    assert all(row[3] == "yes" for row in rows.values())  # the strides differ on size-1 dimensions only
+    assert rows["32x32", "block"][2] != "0 of " + rows["32x32", "block"][2].split(" of ")[1]  # the warning's cause
+    assert all(float(row[6].rstrip("x")) > 0 for row in rows.values())

@@ -1,96 +1,99 @@
-"""`make demo`'s path, reduced: demo.py with a short warm start and 1 epoch of supernet, 4 random paths scored,
-a real nnictl search of 2 rounds of 4
-candidates on real DALI, and 3 scratch epochs; and Ctrl-C during the search, which must stop the experiment.
-Each run writes only under a temporary --output-dir (and data/digits, which the demo reuses)."""
+"""`make demo`'s path, reduced (conftest.demo_run, once a session): its summary read back against the files the run
+wrote (the random paths' scores, the tuner's table and state, the architecture file, the scratch run's state, NNI's
+own record of every trial, the plot decoded); Ctrl-C during a search of that supernet stops the experiment; a folder
+the demo did not write is never replaced."""
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import REPO, venv_env
+import pytest
+from conftest import DEMO_TIMEOUT_S, REPO, assert_drawn_png, demo_command, venv_env
+from nni_helpers import Search, assert_every_candidate_scored_once
 
-from spos.architecture import load_architecture
+from network import paper_flops
+from spos.architecture import format_choices, load_architecture
+from spos.checkpoint import load_training_state
 from spos.nni_experiment import experiment_status, free_port
+from spos.search_state import BEST_FILE, TABLE_FILE, read_table, summarize
 
-DEMO_TIMEOUT_S = 900
-
-
-def demo_command(output_dir, port, scratch_epochs=3):
-    return [sys.executable, "demo.py", "--supernet-epochs", "1", "--supernet-warm-start-steps", "100",
-            "--supernet-paths", "4", "--scratch-epochs", str(scratch_epochs),
-            "--search-rounds", "2", "--search-population", "4", "--port", str(port), "--output-dir",
-            str(output_dir)]
+pytestmark = pytest.mark.xdist_group("demo")
 
 
-def assert_experiment_stopped(port):
-    """NNI's REST server answers on the port until `nnictl stop` ends the experiment."""
-    assert experiment_status(port) is None, f"an NNI experiment still answers on port {port}"
+def summary_of(stdout):
+    """The summary's rows as {name: value}."""
+    return dict(re.findall(r"^  (\S.*?\S)\s{2,}(\S.*)$", stdout.split("=== summary", 1)[1], flags=re.M))
 
 
-def test_reduced_demo_runs_every_step_and_summarises(tmp_path):
-    port = free_port()
-    done = subprocess.run(demo_command(tmp_path / "out", port), cwd=REPO, env=venv_env(), capture_output=True,
-                          text=True, timeout=DEMO_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = done.stdout.split("=== summary", 1)[1]
-    values = dict(re.findall(r"^  (\S.*?\S)\s{2,}(\S.*)$", summary, flags=re.M))
+def test_the_summary_is_what_the_run_wrote(demo_run):
+    out, port, done = demo_run
+    values = summary_of(done.stdout)
+    logs = out / "logs"
 
-    # recalibrated random paths of a warm-started supernet, far above chance (10 %) even after one epoch
-    mean, worst, best = re.fullmatch(r"mean (\S+)%, worst (\S+)%, best (\S+)%",
-                                     values["supernet: 4 random paths (recalibrated)"]).groups()
-    assert 30.0 < float(mean) and float(worst) <= float(mean) <= float(best) <= 100.0
-    for round_ in (1, 2):
-        line = values[f"search round {round_}: best, mean"]
-        best_of_round, mean_of_round = re.fullmatch(r"(\S+)%, (\S+)%", line).groups()
-        assert float(mean_of_round) <= float(best_of_round)
-    assert re.fullmatch(r"[+-]\d+\.\d points", values["last round's best - first round's mean"])
-    # what the tuner's search_state.json says: every candidate scored, every round closed with all its results
+    # the supernet line: tester's scores of 4 random paths, far above chance (10 %) after a warm start
+    paths = json.loads((logs / "supernet_paths.log").read_text().strip().splitlines()[-1])
+    assert values["supernet: 4 random paths (recalibrated)"] == \
+        f"mean {paths['mean']:.1%}, worst {paths['worst']:.1%}, best {paths['best']:.1%}"
+    assert paths["paths"] == 4 and paths["mean"] > 0.3, paths
+
+    # the search: the tuner's table and state, every candidate scored once as NNI itself recorded it
+    (experiment_id,) = [name for name in os.listdir(out / "nni-experiments") if name != "_latest"]
+    search = Search(out / "nni-experiments", experiment_id, port)
+    state, _ = assert_every_candidate_scored_once(search, rounds=2, population=4)
+    rounds = summarize(read_table(str(search.exports / TABLE_FILE)))
+    for number, best, mean, _ in rounds:
+        assert values[f"search round {number}: best, mean"] == f"{best:.1%}, {mean:.1%}"
+    assert values["last round's best - first round's mean"] == f"{100 * (rounds[-1][1] - rounds[0][2]):+.1f} points"
+    assert {r["origin"] for r in search.rows() if r["round"] == "2"} >= {"mutation"}  # one parent: no crossover
+    best = load_architecture(str(search.exports / BEST_FILE))
+    assert list(best) == state["best"]["choices"] and values["best architecture"] == format_choices(best)
+    assert values["its FLOPs at 224x224"] == f"{paper_flops(best) / 1e6:.1f}M" and paper_flops(best) <= 330e6
+    assert values["its search accuracy (after BN recalibration)"] == f"{state['best']['accuracy']:.1%}"
     assert values["candidates scored"] == "8 of 8 (0 failed)"
     assert values["rounds"] == "2, 2 of them closed with every result"
-    best_file = os.path.normpath(os.path.join(REPO, values["architecture file"]))
-    assert best_file.startswith(str(tmp_path / "out"))
-    choices = load_architecture(best_file)
-    assert values["best architecture"] == " ".join(map(str, choices))
-    assert float(values["its FLOPs at 224x224"].rstrip("M")) <= 330.0  # config_search_cpu.yml's limit
-    # 3 epochs of scratch training on digits is far above chance (10 %) for any legal architecture
-    assert float(values["its accuracy trained from scratch"].rstrip("%")) > 50.0
-    plot = os.path.join(REPO, values["search plot"])
-    with open(plot, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    for step in ("supernet", "supernet paths", "search", "scratch", "total"):
-        assert values[f"time: {step}"].endswith(" s")
-    logs = os.path.join(REPO, values["logs"])
+    assert os.path.normpath(os.path.join(REPO, values["architecture file"])) == str(search.exports / BEST_FILE)
+
+    # from scratch: the last epoch's val top-1 its training state keeps, far above chance after 3 epochs
+    scratch = load_training_state(str(out / "scratch" / "training_state.pth.tar"))
+    assert scratch["epoch"] == 3 and load_architecture(str(out / "scratch" / "architecture.json")) == best
+    assert values["its accuracy trained from scratch"] == f"{scratch['history'][-1][0]:.1%}"
+    assert scratch["history"][-1][0] > 0.5
+
+    assert_drawn_png(os.path.join(REPO, values["search plot"]), (3 * 572, 484), colours=[(255, 0, 0)])
+    steps = {name[len("time: "):]: int(value[:-2]) for name, value in values.items() if name.startswith("time: ")}
+    assert set(steps) == {"supernet", "supernet paths", "ss_gen", "search", "plot", "scratch", "total"}
+    assert sum(seconds for step, seconds in steps.items() if step != "total") <= steps["total"] + len(steps)
     assert {"supernet.log", "supernet_paths.log", "scratch.log", "nnictl_create.log"} <= set(os.listdir(logs))
-    assert "stopped NNI experiment" in done.stdout
-    assert_experiment_stopped(port)
+    assert "stopped NNI experiment" in done.stdout and experiment_status(port) is None
     # no warning that is not the user's to act on: setuptools' on nnictl's import, DALI's on a reset mid-epoch
     assert "pkg_resources" not in done.stdout + done.stderr
     assert "does not support resetting" not in done.stdout + done.stderr
 
 
-def test_ctrl_c_during_the_search_stops_the_experiment(tmp_path):
+def test_ctrl_c_during_the_search_stops_the_experiment(demo_run, tmp_path):
+    supernet = demo_run[0] / "supernet"
     port = free_port()
-    process = subprocess.Popen(demo_command(tmp_path / "out", port), cwd=REPO, env=venv_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(demo_command(tmp_path / "out", port, "--supernet", str(supernet)), cwd=REPO,
+                               env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []
     try:
-        deadline = time.monotonic() + DEMO_TIMEOUT_S
         for line in process.stdout:
             output.append(line)
-            if "round 1/2: " in line or time.monotonic() > deadline:  # the tuner's progress: the search runs
+            if "round 1/2: " in line:  # the tuner's progress: the search runs
                 break
         assert any("round 1/2: " in line for line in output), "".join(output[-40:])
+        assert not any("=== supernet\n" in line for line in output)  # the trained one, not trained again
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        rest, _ = process.communicate(timeout=180)
+        rest, _ = process.communicate(timeout=DEMO_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert process.returncode == 130, "".join(output[-20:]) + rest
     assert "interrupted" in rest and "stopped NNI experiment" in rest
-    assert_experiment_stopped(port)
+    assert experiment_status(port) is None, f"an NNI experiment still answers on port {port}"
 
 
 def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path):

@@ -10,10 +10,10 @@ import textwrap
 import time
 
 import torch
+from conftest import KILL_POINT, REPO
 
-from spos.checkpoint import KILL_POINT_VARIABLE, load_training_state
+from spos.checkpoint import load_training_state
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 RANK_SCRIPT = textwrap.dedent("""
@@ -54,9 +54,11 @@ RANK_SCRIPT = textwrap.dedent("""
 
 
 def run_torchrun(args, tmp_path, timeout=300, kill_point=None):
-    """torchrun ``args`` from ``tmp_path``; with ``kill_point``, rank 0 SIGKILLs itself there (spos/checkpoint.py's
-    test-only hook) and torchrun stops the other rank and fails."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", **({KILL_POINT_VARIABLE: kill_point} if kill_point else {}))
+    """torchrun ``args`` from ``tmp_path``; with ``kill_point``, each process runs through tests/kill_point.py and
+    rank 0 (which alone writes files) is SIGKILLed there: torchrun stops the other rank and fails."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if kill_point:
+        args = [KILL_POINT, kill_point, *args]
     result = subprocess.run(TORCHRUN + args, cwd=str(tmp_path), env=env, capture_output=True, text=True,
                             timeout=timeout)
     assert (result.returncode != 0) == bool(kill_point), result.stdout[-3000:] + result.stderr[-3000:]
@@ -112,29 +114,12 @@ def test_ranks_share_paths_and_weights(digits_dir, tmp_path):
                 assert torch.equal(weights[0][key], initial[key]), key
 
 
-def test_supernet_under_torchrun_resumes_from_a_kill_between_the_checkpoint_writes(small_digits, tmp_path):
-    out = tmp_path / "supernet"
-    command = [os.path.join(REPO, "supernet.py"), "--imagenet-dir", str(small_digits), "--input-size", "32",
-               "--batch-size", "64", "--epochs", "2", "--workers", "1", "--output-dir", str(out), "--resume"]
-    # the first launch of a command relaunched with --resume; rank 0 stops between epoch 1's two writes
-    log = run_torchrun(command, tmp_path, kill_point="between-writes")
-    assert "nothing saved yet, starting from the beginning" in log
-    assert load_training_state(out / "training_state.pth.tar")["epoch"] == 1 and not (out / "epoch_1.pth.tar").exists()
-
-    log = run_torchrun(command, tmp_path)
-    assert "2 process(es)" in log and "1 of 2 epochs done" in log
-    assert log.count("epoch_1.pth.tar is missing") == 1  # rank 0 alone writes it again
-    assert "Epoch [1/2]" not in log and log.count("Epoch [2/2] done") == 1  # rank 0 alone logs
-    assert "(100 images)" in log  # every val image counted once across the two shards
-    assert sorted(p for p in os.listdir(out) if p.endswith(".pth.tar")) == [
-        "epoch_1.pth.tar", "epoch_2.pth.tar", "training_state.pth.tar"]
-
-
-def test_supernet_under_torchrun_with_the_digits_recipe_warm_starts_trains_and_resumes_past_it(small_digits,
-                                                                                             digits_dir, tmp_path):
-    """The digits' recipe (its warm start shortened) under DDP: the warm start, then path sampling with both
-    ranks on the same weights; killed right after the warm start and relaunched, the run resumes past it (no
-    second warm start) and ends on the weights of the run never killed."""
+def test_supernet_under_torchrun_warm_starts_and_resumes_from_kills_to_the_weights_of_a_run_never_killed(
+        small_digits, digits_dir, tmp_path):
+    """The digits' recipe (its warm start shortened) under DDP: the warm start, then path sampling with both ranks
+    on the same weights. Killed right after the warm start's state, relaunched (no second warm start), killed
+    between epoch 1's two writes, relaunched (rank 0 alone writes the missing weights again): the run ends on the
+    weights of the run never killed, each epoch logged once, every val image counted once across the shards."""
     data = tmp_path / "digits"
     shutil.copytree(small_digits, data)
     shutil.copy(os.path.join(digits_dir, "recipe.json"), data)
@@ -146,15 +131,24 @@ def test_supernet_under_torchrun_with_the_digits_recipe_warm_starts_trains_and_r
 
     log = run_torchrun(command("whole"), tmp_path)
     assert f"defaults from {data / 'recipe.json'}" in log and "2 process(es)" in log
-    assert "warm start done" in log and "before path sampling: the 2 processes hold the same weights" in log
+    assert "warm start done" in log and "before training: the 2 processes hold the same weights" in log
     assert log.count("Epoch [1/2] done") == 1 and log.count("Epoch [2/2] done") == 1
-    assert "after epoch 2: the 2 processes hold the same weights" in log
+    assert "after epoch 2: the 2 processes hold the same weights" in log and "(100 images)" in log
+    assert "Warning" not in log  # DDP's about gradient strides included (spos/distributed.wrap says why)
 
-    log = run_torchrun(command("killed"), tmp_path, kill_point="after-warm-start")
+    out = tmp_path / "killed"
+    log = run_torchrun(command("killed"), tmp_path, kill_point="after:training_state.pth.tar")
+    assert "nothing saved yet, starting from the beginning" in log
     assert "warm start done" in log and "Epoch [1/2]" not in log
-    log = run_torchrun(command("killed"), tmp_path)
+    log = run_torchrun(command("killed"), tmp_path, kill_point="between-writes")
     assert "0 of 2 epochs done" in log and "warm start" not in log
-    assert "after epoch 2: the 2 processes hold the same weights" in log and log.count("Epoch [2/2] done") == 1
+    assert load_training_state(out / "training_state.pth.tar")["epoch"] == 1 and not (out / "epoch_1.pth.tar").exists()
+    log = run_torchrun(command("killed"), tmp_path)
+    assert "1 of 2 epochs done" in log and log.count("epoch_1.pth.tar is missing") == 1  # rank 0 alone writes it
+    assert "Epoch [1/2]" not in log and log.count("Epoch [2/2] done") == 1  # rank 0 alone logs
+    assert "after epoch 2: the 2 processes hold the same weights" in log
+    assert sorted(p for p in os.listdir(out) if p.endswith(".pth.tar")) == [
+        "epoch_1.pth.tar", "epoch_2.pth.tar", "training_state.pth.tar"]
     whole, resumed = (torch.load(tmp_path / run / "epoch_2.pth.tar", weights_only=True)["state_dict"]
                       for run in ("whole", "killed"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)

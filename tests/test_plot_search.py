@@ -3,6 +3,7 @@ far the search got from search_state.json (never from the table's rows), and wri
 import os
 
 import pytest
+from conftest import assert_drawn_png
 from test_tuner import FakeNNI, make_tuner
 
 import plot_search
@@ -27,8 +28,8 @@ def test_the_plot_says_how_far_the_search_got(tmp_path):
         nni_.request(1)
     assert tuner.evolution.finished
     output = plot_search.main([str(tmp_path / "log"), "-o", str(tmp_path / "search.png")])
-    with open(output, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # three panels (the trials reported accuracies before recalibration), the best marked by a red star
+    assert_drawn_png(output, (3 * 572, 484), colours=[(255, 0, 0)])
     table, state = read_table(table_path), plot_search.find_state(table_path)
     best = max(table, key=lambda row: row["accuracy"])
     assert plot_search.title(table, state, best).startswith("SPOS evolution: 40 candidates in 4 rounds; best ")

@@ -1,4 +1,4 @@
-"""bench/reproduce.py: the FLOPs band and the search's best candidates on fixed data; a tiny real reproduction
+"""reproduction/reproduce.py: the FLOPs band and the search's best candidates on fixed data; a tiny real reproduction
 (supernet trained by it, a 4-candidate search, 3 architectures, 1 epoch, 1 seed) writes its table, CSV and plot;
 a rerun skips every finished step; the stand-alone runs as trials of a real NNI experiment (local service)."""
 import csv
@@ -11,20 +11,18 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, venv_env
+from conftest import REPO, assert_drawn_png, venv_env
 
-sys.path.insert(0, os.path.join(REPO, "bench"))
-import reproduce  # noqa: E402
+from network import paper_flops
+from reproduction import reproduce
+from spos.architecture import load_architecture
+from spos.nni_experiment import experiment_status, free_port
+from utils import UserError
 
-from network import paper_flops  # noqa: E402
-from spos.architecture import load_architecture  # noqa: E402
-from spos.nni_experiment import experiment_status, free_port  # noqa: E402
-from utils import UserError  # noqa: E402
-
-SCRIPT = os.path.join(REPO, "bench", "reproduce.py")
+SCRIPT = ["-m", "reproduction.reproduce"]
 SMALL = {"--supernet-args": "--input-size 32 --batch-size 64 --epochs 1 --workers 1",
-         "--tester-args": "--train-iters 2 --train-batch-size 32 --test-batch-size 100 --workers 1 "
-                          "--search-workers 1",
+         "--tester-args": "--train-iters 2 --train-batch-size 32 --test-batch-size 100 --workers 1",
+         "--search-args": "--search-workers 1",
          "--scratch-args": "--input-size 32 --batch-size 64 --workers 1"}
 
 
@@ -57,7 +55,7 @@ def tiny_search_config(path):
 
 def command(data, output_dir, search_config, *extra):
     flags = [flag for pair in SMALL.items() for flag in pair]
-    return [sys.executable, SCRIPT, "--imagenet-dir", str(data), "--search-config", search_config, "--seeds", "1",
+    return [sys.executable, *SCRIPT, "--imagenet-dir", str(data), "--search-config", search_config, "--seeds", "1",
             "--epochs", "1", "--output-dir", str(output_dir), *flags, *extra]
 
 
@@ -101,8 +99,7 @@ def test_a_tiny_reproduction_writes_the_comparison_its_runs_and_plot(tiny_reprod
         assert statistic in summary
     accuracy = 100 * float(rows[0]["stand_alone_accuracy"])
     assert f"| {accuracy:.2f} ± 0.00 % | {accuracy:.2f} |" in summary
-    with open(out / "comparison.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert_drawn_png(out / "comparison.png", (1210, 506), colours=[(214, 39, 40)])  # the answer's red star
     assert "time: supernet " in summary and "search " in summary and "stand-alone runs " in summary
 
 
@@ -168,7 +165,7 @@ def test_failing_nni_trials_are_one_line_naming_the_unfinished_runs_and_the_expe
 
 
 def test_a_missing_data_folder_is_one_line_and_status_2(tmp_path):
-    done = subprocess.run([sys.executable, SCRIPT, "--imagenet-dir", str(tmp_path / "none"), "--output-dir",
+    done = subprocess.run([sys.executable, *SCRIPT, "--imagenet-dir", str(tmp_path / "none"), "--output-dir",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{tmp_path / 'none'}: no train/ folder" in done.stderr

@@ -1,9 +1,9 @@
 """A run killed at any moment continues with the same command and --resume (issue 14). supernet.py and
-scratch.py on digits are SIGKILLed where a timed kill rarely lands (inside and between an epoch's two
-checkpoint writes, inside the rewrite of a weights file a kill lost, during validation) and then at five random
-moments of their work, relaunched with the same command after each kill until they finish. Every kill must
-leave a state to continue from, the log must tell each epoch once and in order, and the run must end with the
-weights (and scratch.py's TensorBoard scalars) of an uninterrupted run.
+scratch.py on digits are SIGKILLed (tests/kill_point.py) inside and between an epoch's two checkpoint writes,
+inside the rewrite of a weights file a kill lost, during validation, and before an optimizer step drawn from a
+fixed seed, relaunched with the same command after each kill until they finish. Every kill must leave a state to
+continue from, the log must tell each epoch once and in order, and the run must end with the weights (and
+scratch.py's TensorBoard scalars) of an uninterrupted run.
 
 The runs use the torchvision loader: DALI's reader restarts its sequence of shuffles when a run is resumed, so
 only the torchvision loader continues a killed run bit for bit.
@@ -13,18 +13,17 @@ import random
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import KILL_POINT, REPO
 
-from spos.checkpoint import KILL_POINT_VARIABLE, load_training_state
+from spos.checkpoint import load_training_state
 
 EPOCHS, STEPS = 3, 6  # small_digits: 400 train images in batches of 64
-RANDOM_KILLS = 5
-# a failure names its seed; set this variable to it to replay the same kills
-SEED = int(os.environ.get("SPOS_TEST_KILL_SEED", time.time_ns() % 1_000_000))
+STEP_KILLS = 2
+# which steps are killed; another seed, to explore other kills: SPOS_TEST_KILL_SEED=N
+SEED = int(os.environ.get("SPOS_TEST_KILL_SEED", 0))
 
 
 def command(script, data, root):
@@ -38,30 +37,14 @@ def step_line(epoch, step):
     return f"Epoch [{epoch}/{EPOCHS}] Step [{step}/{STEPS}]"
 
 
-def launch(command, output, kill_point=None, kill_at_line=None, kill_delay=0.0, timeout=240):
-    """Run ``command`` (its output into the file ``output``) until it ends: by itself, by SIGKILLing itself at
-    ``kill_point`` (the test-only hook of spos/checkpoint.py), or by our SIGKILL ``kill_delay`` seconds after it
-    printed ``kill_at_line``. Returns its exit status and output."""
-    env = {k: v for k, v in os.environ.items() if k != KILL_POINT_VARIABLE}
+def launch(command, output, kill_point=None, timeout=240):
+    """Run ``command`` (its output into the file ``output``) until it ends, by itself or SIGKILLed at
+    ``kill_point`` (tests/kill_point.py). Returns its exit status and output."""
     if kill_point:
-        env[KILL_POINT_VARIABLE] = kill_point
+        command = [command[0], KILL_POINT, kill_point, *command[1:]]
     with open(output, "w") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline, kill_at = time.monotonic() + timeout, None
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if kill_at is None and kill_at_line and kill_at_line in output.read_text():
-                kill_at = time.monotonic() + kill_delay
-            if kill_at is not None and time.monotonic() >= kill_at:
-                process.kill()  # SIGKILL, to the process we started
-                break
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    assert time.monotonic() < deadline, f"{command} ran past {timeout} s:\n{output.read_text()[-3000:]}"
-    return process.returncode, output.read_text()
+        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    return done.returncode, output.read_text()
 
 
 def saved_epochs(out_dir):
@@ -123,7 +106,7 @@ def test_killed_at_any_moment_resumes_to_the_uninterrupted_result(script, small_
         return status, output
 
     # inside the first write of all, epoch 1's training state: nothing saved yet but a temporary file
-    status, output = relaunch("inside epoch 1's state write", kill_point="before-rename")
+    status, output = relaunch("inside epoch 1's state write", kill_point="before-rename:training_state.pth.tar")
     assert status == -9 and "nothing saved yet, starting from the beginning" in output, output[-3000:]
     done, weights, temporary = saved_epochs(out_dir)
     assert (done, weights) == (0, []) and len(temporary) == 1, story
@@ -134,25 +117,23 @@ def test_killed_at_any_moment_resumes_to_the_uninterrupted_result(script, small_
     assert saved_epochs(out_dir) == (1, [], []), story
 
     # inside the rewrite of epoch 1's weights, the first write of the next launch
-    status, output = relaunch("inside the rewrite of epoch_1.pth.tar", kill_point="before-rename")
+    status, output = relaunch("inside the rewrite of epoch_1.pth.tar", kill_point="before-rename:epoch_1.pth.tar")
     assert status == -9 and f"{out_dir / 'epoch_1.pth.tar'} is missing" in output, output[-3000:]
     done, weights, temporary = saved_epochs(out_dir)
     assert (done, weights) == (1, []) and len(temporary) == 1, story
 
-    # during epoch 2's validation: after its last step, before its state
-    status, output = relaunch("during epoch 2's validation", kill_at_line=step_line(2, STEPS))
+    # during epoch 2's validation (this launch's first): after its last step, before its state
+    status, output = relaunch("during epoch 2's validation", kill_point="validation:1")
     assert status == -9 and f"{out_dir / 'training_state.pth.tar'}: 1 of {EPOCHS} epochs done" in output
     assert f"removed {out_dir / temporary[0]}, left by an interrupted write" in output
+    assert step_line(2, STEPS) in output
     assert saved_epochs(out_dir) == (1, [1], []), story
 
-    # at random moments of the work left: a random step's line, then up to about a step's time more (never
-    # after the last step's line, where the run might finish first)
-    for _ in range(RANDOM_KILLS):
+    # before an optimizer step of the work left, drawn from the seed
+    for _ in range(STEP_KILLS):
         done = saved_epochs(out_dir)[0]
-        step = rng.randrange(done * STEPS, EPOCHS * STEPS - 1)
-        delay = rng.uniform(0, 0.3)
-        status, _ = relaunch(f"{delay:.2f} s after step {step + 1}",
-                             kill_at_line=step_line(step // STEPS + 1, step % STEPS + 1), kill_delay=delay)
+        step = rng.randrange(1, (EPOCHS - done) * STEPS + 1)  # of this launch, which starts at epoch done + 1
+        status, _ = relaunch(f"before step {step} of the launch", kill_point=f"step:{step}")
         assert status == -9, f"seed {SEED}: {story}"
 
     status, output = relaunch("not killed")

@@ -1,44 +1,33 @@
 """The search as a user runs it: the configs load as `nnictl create` loads them, and real `nnictl` searches on
 digits (a supernet checkpoint, tester.py trials that exit right after reporting, 2 trials at a time):
-- a search loses no result: one row per candidate, each with its accuracy, every round run and closed with
-  all its results, and each accuracy the one NNI itself recorded for that candidate's trial;
 - a search stopped after its first round and continued with `nnictl resume` finishes every round, with no
-  candidate scored twice;
-- NNI's built-in regularized evolution tuner runs the same search space and trials.
+  candidate scored twice, every result the one NNI itself recorded, and the candidates of the same search never
+  stopped (the demo's search, test_demo.py, is the one never stopped: it loses no result);
+- NNI's built-in regularized evolution tuner runs the same search space and trials;
+- a search on NNI's remote service, over SSH.
 Each experiment gets a free port and a temporary experimentWorkingDirectory, and is always stopped, by its id."""
 import csv
-import json
 import os
-import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
 import yaml
 from conftest import REPO, venv_env
 from nni.experiment.config import ExperimentConfig
+from nni_helpers import (SEARCH_TIMEOUT_S, Search, assert_every_candidate_scored_once, free_port, nnictl, rest, start,
+                         status)
 
 import network
-from spos.architecture import load_architecture
 from spos.search_space import write_search_space
-from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, read_state
+from spos.search_state import EXPORT_DIR, TABLE_FILE
 from tuner import EvolutionWithFlops
 
-SEARCH_TIMEOUT_S = 420
 CONFIGS = ["config_search.yml", "config_search_cpu.yml", "config_search_nni_evolution.yml", "config_search_remote.yml"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -67,7 +56,7 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
         return
     assert config["tuner"]["className"] == "tuner.EvolutionWithFlops"
     tuner = EvolutionWithFlops(**args)  # the class arguments are ones the tuner takes
-    assert tuner.evolution.flops_limit == 330e6
+    assert tuner.evolution.settings.flops_limit == 330e6
     assert "maxTrialNumber" not in config  # the tuner ends the search; a resumed one may need a few more trials
     if name == "config_search_remote.yml":  # the ImageNet search, its trials on other machines
         imagenet = yaml.safe_load(open(os.path.join(REPO, "config_search.yml")))
@@ -83,31 +72,6 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
                         "num_crossover": 25, "m_prob": 0.1, "flops_limit": 330e6, "seed": 42, "result_timeout": 60}
     else:
         assert config["trialGpuNumber"] == 0 and "--input-size 32" in config["trialCommand"]
-
-
-def nnictl(*args, timeout=120):
-    return subprocess.run(["nnictl", *args], cwd=REPO, env=venv_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def rest(port, path):
-    with urllib.request.urlopen(f"http://localhost:{port}/api/v1/nni/{path}", timeout=10) as response:
-        return json.load(response)
-
-
-def status(port):
-    try:
-        return rest(port, "check-status")["status"]
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def tail(path, lines=15):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return "(missing)"
 
 
 def digits_config(tmp_path, digits_dir, config_name="config_search_cpu.yml", **class_args):
@@ -136,121 +100,6 @@ def digits_config(tmp_path, digits_dir, config_name="config_search_cpu.yml", **c
     return path
 
 
-def start(*command, experiment_id=None):
-    """`nnictl create ...` or `nnictl resume ID`, on a free port, tried again when NNI's web server is slow
-    (nnictl gives it about 3 s: on 2 busy cores that can be too short). Returns (experiment id, port)."""
-    for attempt in range(3):
-        port = free_port()
-        done = nnictl(*command, "--port", str(port))
-        output = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
-        match = re.search(r"Experiment ID: (\w+)", output)
-        assert match, output
-        experiment_id = match.group(1)
-        if done.returncode == 0 and "Create experiment failed" not in output:
-            return experiment_id, port
-        nnictl("stop", experiment_id)
-        assert attempt < 2 and "Create experiment failed" in output, output
-    raise AssertionError("unreachable")
-
-
-class Search:
-    """Where an experiment's search writes, and the diagnostics to show when it goes wrong."""
-
-    def __init__(self, tmp_path, experiment_id, port):
-        self.root = tmp_path / "experiments" / experiment_id
-        self.exports = self.root / "log" / EXPORT_DIR
-        self.experiment_id, self.port = experiment_id, port
-
-    def state(self):
-        path = self.exports / STATE_FILE
-        return read_state(str(path)) if path.exists() else None
-
-    def rows(self):
-        with open(self.exports / TABLE_FILE, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def wait(self, done, timeout=SEARCH_TIMEOUT_S):
-        """Poll search_state.json until ``done(state)``; the experiment failing ends the wait."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self.state()
-            if state is not None and done(state):
-                return state
-            assert status(self.port) != "ERROR", self.diagnostics()
-            time.sleep(1)
-        raise AssertionError(f"timed out\n{self.diagnostics()}")
-
-    def diagnostics(self):
-        trials = self.root / "environments" / "local-env" / "trials"
-        trial_log = tail(trials / sorted(os.listdir(trials))[0] / "trial.stderr", 8) if trials.is_dir() else ""
-        return (f"status {status(self.port)}, state {self.state() and self.state()['rounds']}\n--- dispatcher.log\n"
-                f"{tail(self.root / 'log' / 'dispatcher.log')}\n--- nnimanager.log\n"
-                f"{tail(self.root / 'log' / 'nnimanager.log')}\n--- a trial's stderr\n{trial_log}")
-
-    def scored_trials(self):
-        """(trial id, candidate, accuracy) of every final result NNI recorded (its database), the candidate as
-        the trial itself logged it (NNI's database may record a trial with another trial's parameters: see
-        tuner.import_data)."""
-        import sqlite3
-
-        with sqlite3.connect(self.root / "db" / "nni.sqlite") as db:
-            finals = db.execute("SELECT trialJobId, data FROM MetricData WHERE type = 'FINAL'").fetchall()
-        trials = self.root / "environments" / "local-env" / "trials"
-        scored = []
-        for trial, data in finals:
-            stderr = (trials / trial / "trial.stderr").read_text()
-            logged = re.findall(rf"candidate \(NNI trial {trial}\): ([0-3 ]+)", stderr)
-            scored.append((trial, logged[-1], json.loads(json.loads(data))["default"]))
-        return scored
-
-
-def assert_every_candidate_scored_once(search, rounds, population):
-    state = search.state()
-    assert state["finished"] and state["error"] is None, search.diagnostics()
-    assert state["rounds_done"] == rounds
-    assert [(r["candidates"], r["scored"], r["closed"]) for r in state["rounds"]] == [(population, population,
-                                                                                       True)] * rounds
-    rows = search.rows()
-    assert len(rows) == rounds * population == len({r["choices"] for r in rows})
-    assert all(r["status"] == "succeeded" and 0.0 <= float(r["accuracy"]) <= 1.0
-               and 0.0 <= float(r["accuracy_before_recalibration"]) <= 1.0 and int(r["flops"]) <= 330e6
-               for r in rows)
-    # NNI's own record: each candidate scored by one trial, with the accuracy in the table. (After a resume NNI
-    # re-runs the trials its database had as running at the stop, also one that had reported but not yet
-    # exited: that trial then reports twice, under its one id.)
-    scored = search.scored_trials()
-    trials = {}
-    for trial, candidate, _ in scored:
-        trials.setdefault(candidate, set()).add(trial)
-    assert sorted(trials) == sorted(r["choices"] for r in rows)
-    assert all(len(ids) == 1 for ids in trials.values()), trials
-    accuracy = {r["choices"]: float(r["accuracy"]) for r in rows}
-    assert all(accuracy[candidate] == pytest.approx(value, abs=1e-6) for _, candidate, value in scored)
-    best = max(rows, key=lambda r: (float(r["accuracy"]), -int(r["parameter_id"] or 0)))
-    assert load_architecture(str(search.exports / BEST_FILE)) == tuple(map(int, best["choices"].split()))
-    for round_ in range(1, rounds + 1):
-        assert load_architecture(str(search.exports / f"{round_:03d}_000.json"))
-    return state, len(scored) - len(trials)
-
-
-def test_nnictl_search_on_digits_loses_no_result(digits_dir, tmp_path):
-    """Trials exit right after reporting, so NNI often reports a trial's end seconds before its result: every
-    round must still close with all its results."""
-    rounds, population = 2, 4  # 4 candidates for 2 slots: requests wait for the next round's start
-    config = digits_config(tmp_path, digits_dir, max_epochs=rounds, num_population=population, num_select=2,
-                           num_mutation=1, num_crossover=1)
-    experiment_id, port = start("create", "--config", str(config))
-    search = Search(tmp_path, experiment_id, port)
-    try:
-        search.wait(lambda state: state["finished"])
-        state, _ = assert_every_candidate_scored_once(search, rounds, population)
-        assert {r["origin"] for r in search.rows() if r["round"] == "2"} >= {"mutation", "crossover"}
-        print(f"results after their trial's end: {state['results_after_trial_end']}")
-    finally:
-        stopped = nnictl("stop", experiment_id)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
 def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tmp_path):
     """`nnictl stop` once round 1 closed, `nnictl resume`: every round finishes, no candidate is scored twice,
     and the candidates are those of the same search never stopped."""
@@ -259,7 +108,7 @@ def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tm
                            num_mutation=1, num_crossover=1)
     experiment_id, port = start("create", "--config", str(config))
     try:
-        search = Search(tmp_path, experiment_id, port)
+        search = Search(tmp_path / "experiments", experiment_id, port)
         search.wait(lambda state: state["rounds_done"] >= 1)
         stopped = nnictl("stop", experiment_id)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -268,9 +117,10 @@ def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tm
 
         started = time.monotonic()
         experiment_id, port = start("resume", experiment_id)
-        search = Search(tmp_path, experiment_id, port)
+        search = Search(tmp_path / "experiments", experiment_id, port)
         search.wait(lambda state: state["finished"])
         state, reported_again = assert_every_candidate_scored_once(search, rounds, population)
+        assert {r["origin"] for r in search.rows() if r["round"] != "1"} >= {"mutation", "crossover"}
         (resume,) = state["resumes"]
         assert resume["rounds_done"] == before["rounds_done"]
         assert resume["replayed"]["records"] >= before["candidates_scored"]  # NNI replays its finished trials
@@ -286,7 +136,7 @@ def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tm
     in_process = tmp_path / "in_process.yml"
     in_process.write_text(yaml.safe_dump({"tuner": {"classArgs": spec["tuner"]["classArgs"]}}))
     trial_flags = shlex.split(spec["trialCommand"])[3:]  # after "OMP_NUM_THREADS=1 python tester.py"
-    done = subprocess.run([sys.executable, "tester.py", *trial_flags, "--evolution", "--search-config",
+    done = subprocess.run([sys.executable, "-m", "spos.search", *trial_flags, "--search-config",
                            str(in_process), "--output-dir", str(tmp_path / "never_stopped"), "--search-workers", "1"],
                           cwd=REPO, env=venv_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -300,13 +150,13 @@ def test_nnictl_search_stopped_after_round_1_resumes_and_finishes(digits_dir, tm
 
 
 def test_nnis_regularized_evolution_runs_the_same_trials(digits_dir, tmp_path):
-    trials = 6
+    trials = 4  # 3 random, then one mutant of the best of 2 sampled
     config = digits_config(tmp_path, digits_dir, "config_search_nni_evolution.yml", population_size=3, sample_size=2)
     spec = yaml.safe_load(config.read_text())
     spec["maxTrialNumber"] = trials
     config.write_text(yaml.safe_dump(spec))
     experiment_id, port = start("create", "--config", str(config))
-    search = Search(tmp_path, experiment_id, port)
+    search = Search(tmp_path / "experiments", experiment_id, port)
     try:
         deadline = time.monotonic() + SEARCH_TIMEOUT_S
         while status(port) not in ("DONE", "ERROR") and time.monotonic() < deadline:
@@ -368,7 +218,9 @@ def test_a_search_on_nnis_remote_service_over_ssh(digits_dir, tmp_path, ssh_serv
     the search finishes."""
     import getpass
 
-    rounds, population = 2, 3
+    # one round of 3: NNI's remote service runs one trial at a time on a machine (about 12 s each here); the
+    # local searches test the rounds
+    rounds, population = 1, 3
     config_path = digits_config(tmp_path, digits_dir, max_epochs=rounds, num_population=population, num_select=2,
                                 num_mutation=1, num_crossover=1)
     config = yaml.safe_load(config_path.read_text())
@@ -380,7 +232,7 @@ def test_a_search_on_nnis_remote_service_over_ssh(digits_dir, tmp_path, ssh_serv
     config["nniManagerIp"] = "127.0.0.1"  # where the trials report back to: this machine, on loopback only
     config_path.write_text(yaml.safe_dump(config))
     experiment_id, port = start("create", "--config", str(config_path))
-    search = Search(tmp_path, experiment_id, port)
+    search = Search(tmp_path / "experiments", experiment_id, port)
     remote_root = os.path.join(REMOTE_EXPERIMENTS, experiment_id)  # where NNI works on the "remote" machine
     try:
         state = search.wait(lambda s: s["finished"])

@@ -1,20 +1,12 @@
-"""bench/ranking.py and bench/bench_ranking.py: tau, rho and top-k against scipy on fixed data; a tiny real
-ranking run (2 architectures, 1 epoch, 1 seed) writes its table, CSV and plot, and a rerun skips its
-finished stand-alone runs."""
-import csv
+"""reproduction/stats.py: tau, rho and top-k against scipy on fixed data; the seed-to-seed tau, percentiles and
+differences with their bootstrap intervals."""
 import math
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 from scipy import stats
 
-from conftest import REPO
-
-sys.path.insert(0, os.path.join(REPO, "bench"))
-import ranking  # noqa: E402
+from reproduction import stats as ranking
 
 PAIRS = [
     ([0.91, 0.95, 0.93, 0.97, 0.90, 0.96], [0.93, 0.96, 0.92, 0.98, 0.94, 0.95]),
@@ -92,62 +84,3 @@ def test_mean_difference_interval_holds_the_draw_of_architectures_and_their_seed
     assert high - low > seeds_only[1] - seeds_only[0]  # the spread between architectures widens it
     for interval in (ranking.mean_difference_interval, ranking.percentile_interval):
         assert all(math.isnan(v) for v in interval([0.9], [[0.8]]))  # one run of each: nothing to resample
-
-
-def test_a_tiny_ranking_run_writes_its_outputs_and_a_rerun_skips_finished_runs(small_digits, digits_checkpoint,
-                                                                               tmp_path):
-    out = tmp_path / "ranking"
-    command = [sys.executable, os.path.join(REPO, "bench", "bench_ranking.py"), "--checkpoint", digits_checkpoint,
-               "--imagenet-dir", str(small_digits), "--architectures", "2", "--seeds", "1", "--epochs", "1",
-               "--output-dir", str(out), "--jobs", "2",
-               "--tester-args", "--input-size 32 --train-iters 2 --train-batch-size 32 --test-batch-size 100",
-               "--scratch-args", "--input-size 32 --batch-size 64 --workers 1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "0 of 2 finished earlier, 2 to run" in done.stderr
-    with open(out / "runs.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["architecture"], r["seed"], r["epochs"]) for r in rows] == [("arch00", "1", "1"), ("arch01", "1", "1")]
-    assert all(0 <= float(r["stand_alone_accuracy"]) <= 1 and 0 <= float(r["supernet_accuracy"]) <= 1 for r in rows)
-    assert int(rows[0]["flops"]) <= int(rows[1]["flops"]) <= 330e6  # spread over the FLOPs range, low to high
-    with open(out / "ranking.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    summary = (out / "summary.md").read_text()
-    assert "Kendall tau, supernet vs stand-alone" in summary and "Spearman rho" in summary
-    assert summary in done.stdout
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "2 of 2 finished earlier, 0 to run" in again.stderr
-    assert "supernet score" not in again.stderr  # kept from the first run, for the same checkpoint
-    with open(out / "runs.csv") as f:
-        assert list(csv.DictReader(f)) == rows
-
-
-def test_supernet_scores_are_kept_one_by_one_and_only_for_their_checkpoint(small_digits, digits_checkpoint, tmp_path,
-                                                                            capsys):
-    """Each score is written as soon as it is known, so a rerun (after a kill between two scores too) scores only
-    what it lacks; scores of another checkpoint are not reused."""
-    import argparse
-    import shutil
-
-    import bench_ranking
-
-    checkpoint = shutil.copy(digits_checkpoint, tmp_path / "epoch_1.pth.tar")
-    args = argparse.Namespace(imagenet_dir=str(small_digits), checkpoint=str(checkpoint),
-                              tester_args="--input-size 32 --train-iters 1 --train-batch-size 32 --test-batch-size 100")
-    architectures = bench_ranking.choose_architectures(3, 330e6, seed=0)
-    cache = tmp_path / "supernet_scores.json"
-    first, _ = bench_ranking.supernet_scores(args, architectures[:2], cache)
-    assert "0 of 2 known, 2 to score" in capsys.readouterr().err
-    assert all(0 <= accuracy <= 1 for accuracy in first)
-    again, _ = bench_ranking.supernet_scores(args, architectures, cache)
-    assert "2 of 3 known, 1 to score" in capsys.readouterr().err
-    assert again[:2] == first
-    os.utime(checkpoint, ns=(0, 0))  # another checkpoint at that path
-    bench_ranking.supernet_scores(args, architectures[:1], cache)
-    assert "0 of 1 known, 1 to score" in capsys.readouterr().err
-    cache.write_text('{"key": ')  # damaged by hand: scored again, not a traceback
-    bench_ranking.supernet_scores(args, architectures[:1], cache)
-    err = capsys.readouterr().err
-    assert f"{cache}: unreadable (" in err and "0 of 1 known, 1 to score" in err
