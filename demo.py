@@ -11,7 +11,6 @@ Everything goes to demo_output/ (replaced on each run); the experiment is stoppe
 when a step fails or on Ctrl-C.
 """
 import argparse
-import csv
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from spos.architecture import format_choices, load_architecture
 from spos.nni_experiment import NNI_GAVE_UP, create_experiment, experiment_status, nnictl_env, stop_experiment
 from spos.options import RECIPE_FILE
 from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, progress, read_state, read_table, summarize
-from utils import UserError
+from utils import UserError, run_main
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(ROOT, "data", "digits")
@@ -269,16 +268,10 @@ def main():
     demo = Demo(parse_args())
     try:
         demo.main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
+    finally:  # a failed step or Ctrl-C too: no experiment or child process is left running
         demo.stop_child()
         demo.stop_experiment()
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,7 +28,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from spos.report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dataloader import ImageFolderLoader, dali_available  # noqa: E402
@@ -36,6 +35,7 @@ from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402
 from spos.hardware import compute_dtype, prepare_model  # noqa: E402
 from spos.loops import train_one_epoch  # noqa: E402
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 
 NUM_CLASSES = 1000  # ImageNet's, for the training steps

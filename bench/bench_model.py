@@ -20,13 +20,13 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 from plain_shufflenet import PlainSupernet, plain_score, plain_train_step  # noqa: E402
-from spos.report import emit  # noqa: E402
 from torch import nn  # noqa: E402
 
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot  # noqa: E402
 from spos.hardware import get_device, prepare_model  # noqa: E402
 from spos.loops import train_one_epoch  # noqa: E402
 from spos.optim import make_lr_scheduler, make_optimizer  # noqa: E402
+from spos.report import emit  # noqa: E402
 from spos.scoring import evaluate_candidate  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 

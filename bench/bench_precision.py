@@ -18,10 +18,11 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from dataloader import scoring_batches  # noqa: E402
 from network import FlopsBinnedSampler  # noqa: E402
+from spos.checkpoint import find_checkpoint  # noqa: E402
 from spos.hardware import get_device  # noqa: E402
-from spos.scoring import evaluate_candidate, load_supernet, resolve_checkpoint  # noqa: E402
+from spos.scoring import evaluate_candidate, load_supernet  # noqa: E402
+from spos.scoring_data import scoring_batches  # noqa: E402
 from utils import run_main  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main(argv=None):
     train, val, classes, _ = scoring_batches(args.imagenet_dir, train_batch_size=args.train_batch_size,
                                              train_iters=args.train_iters, test_batch_size=args.test_batch_size,
                                              input_size=args.input_size, workers=1, device=device)
-    model = load_supernet(resolve_checkpoint(args.checkpoint), args.input_size, len(classes), device)
+    model = load_supernet(find_checkpoint(args.checkpoint), args.input_size, len(classes), device)
     sampler = FlopsBinnedSampler(model, random.Random(0))
     candidates = [sampler() for _ in range(args.candidates)]
     accuracies, seconds = {}, {}

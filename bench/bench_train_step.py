@@ -32,8 +32,8 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 
-from spos.report import emit, markdown_table  # noqa: E402
 
+from spos.report import emit, markdown_table  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 
 IMPLEMENTATIONS = ("yardstick", "project", "project_channels")

@@ -21,7 +21,6 @@ import random  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
-from spos.report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
 from network import (NUM_CHOICES, NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, fold_batch_norms,  # noqa: E402
@@ -29,6 +28,7 @@ from network import (NUM_CHOICES, NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2On
 from spos.hardware import compute_dtype, prepare_model  # noqa: E402
 from spos.loops import evaluate, train_one_epoch  # noqa: E402
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 from spos.scoring import recalibrate_bn  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 

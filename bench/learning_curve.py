@@ -30,16 +30,17 @@ import random  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
-from spos.report import emit, markdown_table  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dataloader import ImageFolderLoader, scoring_batches  # noqa: E402
+from dataloader import ImageFolderLoader  # noqa: E402
 from network import NUM_LAYERS, FlopsBinnedSampler, ShuffleNetV2OneShot, paper_flops, random_architecture  # noqa: E402
 from spos import warm_start  # noqa: E402
 from spos.hardware import prepare_model, set_cpu_threads  # noqa: E402
 from spos.loops import train_one_epoch  # noqa: E402
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate  # noqa: E402
+from spos.report import emit, markdown_table  # noqa: E402
 from spos.scoring import evaluate_candidate, recalibrate_bn  # noqa: E402
+from spos.scoring_data import scoring_batches  # noqa: E402
 from utils import UserError, run_main, setup_logging  # noqa: E402
 
 VARIANTS = ("megvii", "warm-start", "warm-start-no-fit", "two-path", "zero-init", "kaiming")

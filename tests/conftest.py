@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: tests run processes side by side
+# before torch: the tests run processes side by side on the cores, one compute thread each, sleeping when idle
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
@@ -64,8 +66,8 @@ def demo_command(output_dir, port, *extra):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The reduced demo (``demo_command``), run once a session; the tests that use it share the xdist group "demo"
-    (one worker runs them, so it runs once). Returns (its output folder, the web UI's port, the completed
+    """The reduced demo (``demo_command``), run once a session: the tests that use it are all in test_demo.py, which
+    one process runs (pytest.ini: --dist loadfile). Returns (its output folder, the web UI's port, the completed
     process)."""
     from spos.nni_experiment import free_port
 

@@ -5,7 +5,6 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,15 +14,10 @@ import pytest
 from conftest import REPO, venv_env
 
 from spos.architecture import load_architecture
+from spos.nni_experiment import free_port
 from spos.search_state import BEST_FILE, EXPORT_DIR, STATE_FILE, TABLE_FILE, read_state
 
 SEARCH_TIMEOUT_S = 420
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def nnictl(*args, timeout=120):

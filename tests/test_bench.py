@@ -324,3 +324,18 @@ def test_ddp_gradient_copy_costs_the_same_into_ddps_views():
     assert all(row[3] == "yes" for row in rows.values())  # the strides differ on size-1 dimensions only
     assert rows["32x32", "block"][2] != "0 of " + rows["32x32", "block"][2].split(" of ")[1]  # the warning's cause
     assert all(float(row[6].rstrip("x")) > 0 for row in rows.values())
+
+
+def test_every_benchmark_imports_what_it_uses():
+    """A benchmark no test runs end to end still loads: its imports name what the project has."""
+    import importlib.util
+
+    benches = sorted(name for name in os.listdir(os.path.join(REPO, "bench")) if name.endswith(".py"))
+    assert {"bench_precision.py", "learning_curve.py", "bench_search.py"} <= set(benches)
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        for name in benches:
+            spec = importlib.util.spec_from_file_location(f"bench_{name[:-3]}", os.path.join(REPO, "bench", name))
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))

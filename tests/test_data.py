@@ -2,12 +2,10 @@
 import gzip
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import REPO
 
 from make_fashion_mnist import CLASSES, write_fashion_mnist
 

@@ -9,7 +9,6 @@ from torch import nn
 import network
 from spos import scoring
 from spos.hardware import prepare_model
-from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = (2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3)

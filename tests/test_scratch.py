@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, killed_at
 
 from network import ShuffleNetV2OneShot, load_and_parse_state_dict
+from scratch import main as scratch_main
 from spos.architecture import load_architecture, write_architecture
 from spos.checkpoint import load_training_state
 from utils import UserError
@@ -133,48 +134,38 @@ REFUSED = {
 }
 
 
-@pytest.fixture(scope="module")
-def refusals(tmp_path_factory):
-    """scratch.py on every bad file, all started at once: {kind: (path, output dir, completed process)}."""
-    root = tmp_path_factory.mktemp("refused")
-    running = {}
-    for kind, (content, _) in REFUSED.items():
-        path = str(root / f"{kind}.json")
-        if content is not None:
-            write(path, content)
-        output_dir = str(root / f"out_{kind}")
-        # a dataset that does not exist: reaching the data would fail with another message
-        command = [sys.executable, SCRATCH, "--architecture", path, "--imagenet-dir", str(root / "no_data"),
-                   "--output-dir", output_dir, "--tb-dir", str(root / f"runs_{kind}")]
-        running[kind] = (path, output_dir, subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                                                            stderr=subprocess.PIPE, text=True))
-    results = {}
-    for kind, (path, output_dir, process) in running.items():
-        stdout, stderr = process.communicate(timeout=120)
-        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-        results[kind] = (path, output_dir, done)
-    return results
+def refused_run(root, kind):
+    """scratch.py's arguments for the bad file of ``kind``, its path and output folder; the dataset does not exist
+    (reaching the data would fail with another message)."""
+    content = REFUSED[kind][0]
+    path = str(root / f"{kind}.json")
+    if content is not None:
+        write(path, content)
+    output_dir = str(root / f"out_{kind}")
+    return ["--architecture", path, "--imagenet-dir", str(root / "no_data"), "--output-dir", output_dir,
+            "--tb-dir", str(root / f"runs_{kind}")], path, output_dir
 
 
 @pytest.mark.parametrize("kind", sorted(REFUSED))
-def test_bad_architecture_file_is_refused_before_any_work(refusals, kind):
-    path, output_dir, result = refusals[kind]
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr  # one message, no traceback
-    assert path in lines[0]
+def test_bad_architecture_file_is_refused_before_any_work(tmp_path, kind):
+    args, path, output_dir = refused_run(tmp_path, kind)
+    with pytest.raises(UserError) as refused:
+        scratch_main(args)
+    message = str(refused.value)
+    assert "\n" not in message and path in message  # one line, naming the file
     for fragment in REFUSED[kind][1]:
-        assert fragment in lines[0]
-    assert "no_data" not in lines[0]  # refused before looking at the data
+        assert fragment in message
+    assert "no_data" not in message  # refused before looking at the data
     assert not os.path.exists(output_dir)  # nor wrote anything
 
 
-@pytest.mark.parametrize("kind", sorted(REFUSED))
-def test_bad_architecture_raises_user_error_in_process(tmp_path, kind):
-    content = REFUSED[kind][0]
-    path = str(tmp_path / "arch.json") if content is None else write(tmp_path / "arch.json", content)
-    with pytest.raises(UserError, match=re.escape(path)):
-        load_architecture(path)
+def test_a_refused_file_ends_the_command_in_one_line_and_status_2(tmp_path):
+    args, path, output_dir = refused_run(tmp_path, "missing_key")
+    result = scratch(*args)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # one message, no traceback
+    assert line.startswith(f"error: {path}: key 'LayerChoice7' is missing")
+    assert not os.path.exists(output_dir)
 
 
 # the net
