@@ -35,7 +35,8 @@ import time
 
 from reproduction.stand_alone import finished_accuracy, run_stand_alone, scratch_arguments
 from reproduction.stats import (bootstrap_interval, difference_interval, kendall_tau, mean, mean_difference_interval,
-                                percentile, percentile_interval, seed_to_seed_interval, seed_to_seed_tau)
+                                percentile, percentile_interval, pooled_seed_variance, seed_to_seed_interval,
+                                seed_to_seed_tau)
 from reproduction.supernet_scores import supernet_scores
 from spos.architecture import format_choices, write_architecture
 from spos.options import PROJECT_DIR, parse_args_with_recipe, project_file
@@ -258,19 +259,20 @@ def comparison(scores, accuracies, roles):
     random_runs = [a for a, role in zip(accuracies, roles) if role == "random in the band"]
     answer = accuracies[0]
     means = [mean(a) for a in accuracies]
+    seed_variance = pooled_seed_variance(accuracies)
     lines = []
     lines.append(["answer's percentile among the random architectures (stand-alone means)",
                   f"{percentile(means[0], [mean(r) for r in random_runs]):.0f} %",
-                  interval(percentile_interval(answer, random_runs), "{:.0f} %")])
+                  interval(percentile_interval(answer, random_runs, seed_variance), "{:.0f} %")])
     lines.append(["answer - mean of the random architectures",
                   f"{100 * (means[0] - mean([mean(r) for r in random_runs])):+.2f} points",
-                  interval(mean_difference_interval(answer, random_runs), "{:+.2f} points", 100)])
+                  interval(mean_difference_interval(answer, random_runs, seed_variance), "{:+.2f} points", 100)])
     one_choice = [i for i, role in enumerate(roles) if role in ONE_CHOICE_NAMES]
     if one_choice:
         best = max(one_choice, key=lambda i: means[i])
         lines.append([f"answer - best one-choice network ({roles[best]})",
                       f"{100 * (means[0] - means[best]):+.2f} points",
-                      interval(difference_interval(answer, accuracies[best]), "{:+.2f} points", 100)])
+                      interval(difference_interval(answer, accuracies[best], seed_variance), "{:+.2f} points", 100)])
     lines.append([f"Kendall tau, supernet score vs stand-alone mean, all {len(means)} architectures",
                   number(kendall_tau(scores, means), "{:.3f}"),
                   interval(bootstrap_interval(kendall_tau, scores, means), "{:.3f}")])

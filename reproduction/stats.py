@@ -109,37 +109,116 @@ def percentile(value, others):
     return 100 * below / len(others)
 
 
-def percentile_interval(runs, others_runs, **kwargs):
-    """Bootstrap interval of ``percentile(mean(runs), [mean(r) for r in others_runs])``, resampling the others
-    (the architectures) and, within each architecture, its seeds: both the draw of architectures and the seed
-    noise of every stand-alone mean are in it."""
-    if nothing_to_resample(runs, others_runs):
+# Reliability of stand-alone accuracies (SPEC section 16). A run's accuracy is its architecture's mean plus seed
+# noise; the single-run reliability r1 is the share of the variance between runs that is the architectures'. Under
+# normality Kendall's tau and Pearson's r relate as tau = (2 / pi) asin(r), so two single runs of the same
+# architectures have tau = (2 / pi) asin(r1), the mean of S seeds has reliability rS = S r1 / (1 + (S - 1) r1)
+# (Spearman-Brown), and a perfect predictor (the architectures' true means) reaches tau = (2 / pi) asin(sqrt(rS))
+# against the S-seed means: the attainable tau, the ceiling any predictor of those means is measured against.
+
+def reliability_from_tau(tau_ss):
+    """r1 from the seed-to-seed tau (two single runs): sin(pi tau / 2)."""
+    return math.sin(math.pi * tau_ss / 2) if not math.isnan(tau_ss) else math.nan
+
+
+def icc1(accuracies):
+    """r1 from the variance components instead (one-way random-effects ANOVA, ICC(1)): ``accuracies[a][s]``,
+    architecture a, seed s (at least 2 seeds each; unequal counts take the usual mean group size k0)."""
+    groups = [a for a in accuracies if len(a) >= 2]
+    if len(groups) < 2:
+        return math.nan
+    n, total = sum(len(g) for g in groups), sum(sum(g) for g in groups)
+    grand = total / n
+    between = sum(len(g) * (mean(g) - grand) ** 2 for g in groups) / (len(groups) - 1)
+    within = sum((v - mean(g)) ** 2 for g in groups for v in g) / (n - len(groups))
+    k0 = (n - sum(len(g) ** 2 for g in groups) / n) / (len(groups) - 1)
+    denominator = between + (k0 - 1) * within
+    return (between - within) / denominator if denominator else math.nan
+
+
+def mean_reliability(r1, seeds):
+    """Spearman-Brown: the reliability of the mean of ``seeds`` runs, from one run's."""
+    return seeds * r1 / (1 + (seeds - 1) * r1) if not math.isnan(r1) else math.nan
+
+
+def attainable_tau(r1, seeds):
+    """The tau a perfect predictor reaches against the means of ``seeds`` runs (0 when the runs hold no
+    architecture signal at all, r1 <= 0)."""
+    if math.isnan(r1):
+        return math.nan
+    return 2 / math.pi * math.asin(math.sqrt(max(0.0, min(1.0, mean_reliability(r1, seeds)))))
+
+
+def simulated_attainable_tau(architectures, seeds, r1, draws=1500, seed=0):
+    """The same by simulation: true means N(0, 1), seed noise of variance (1 - r1) / r1, the mean over ``draws`` of
+    tau between the true means and the ``seeds``-run means."""
+    rng = random.Random(seed)
+    noise = math.sqrt((1 - r1) / r1)
+    taus = []
+    for _ in range(draws):
+        truth = [rng.gauss(0, 1) for _ in range(architectures)]
+        taus.append(kendall_tau(truth, [t + mean([rng.gauss(0, noise) for _ in range(seeds)]) for t in truth]))
+    return mean(taus)
+
+
+# Intervals that carry the seed noise: a parametric bootstrap. With two or three seeds the bootstrap of a mean over
+# its own seeds has too few distinct values (two seeds: (n - 1) / n of the variance, from three values), so each
+# architecture's mean is redrawn as its observed mean plus normal noise of the pooled within-architecture variance
+# divided by its number of seeds; the architectures themselves are resampled where a set of them is drawn.
+
+def pooled_seed_variance(accuracies):
+    """The variance of one run around its architecture's mean, pooled over the architectures with 2 or more seeds
+    (the ANOVA's mean square within); nan when none has 2."""
+    groups = [a for a in accuracies if len(a) >= 2]
+    degrees = sum(len(g) - 1 for g in groups)
+    return sum((v - mean(g)) ** 2 for g in groups for v in g) / degrees if degrees else math.nan
+
+
+def redrawn_mean(rng, runs, seed_variance):
+    """An architecture's stand-alone mean, redrawn with the seed noise of a mean of ``len(runs)`` runs."""
+    return mean(runs) + rng.gauss(0, math.sqrt(seed_variance / len(runs)))
+
+
+def percentile_interval(runs, others_runs, seed_variance, **kwargs):
+    """Interval of ``percentile(mean(runs), [mean(r) for r in others_runs])``: the others (the architectures) are
+    resampled and every mean is redrawn with its seed noise."""
+    if math.isnan(seed_variance):
         return math.nan, math.nan
 
     def draw(rng):
-        return percentile(mean(resample(rng, runs)), [mean(resample(rng, r)) for r in resample(rng, others_runs)])
+        return percentile(redrawn_mean(rng, runs, seed_variance),
+                          [redrawn_mean(rng, r, seed_variance) for r in resample(rng, others_runs)])
     return bootstrap(draw, **kwargs)
 
 
-def difference_interval(runs, other_runs, **kwargs):
-    """Bootstrap interval of ``mean(runs) - mean(other_runs)`` over the seeds of each (nan with one seed each:
-    a single run says nothing about its own noise)."""
-    if len(runs) < 2 and len(other_runs) < 2:
-        return math.nan, math.nan
-    return bootstrap(lambda rng: mean(resample(rng, runs)) - mean(resample(rng, other_runs)), **kwargs)
-
-
-def mean_difference_interval(runs, others_runs, **kwargs):
-    """Bootstrap interval of ``mean(runs)`` minus the mean of the others' means, resampling the others (the
-    architectures) and the seeds within each, as ``percentile_interval`` does."""
-    if nothing_to_resample(runs, others_runs):
+def mean_difference_interval(runs, others_runs, seed_variance, **kwargs):
+    """Interval of ``mean(runs)`` minus the mean of the others' means, resampled and redrawn as
+    ``percentile_interval``."""
+    if math.isnan(seed_variance):
         return math.nan, math.nan
 
     def draw(rng):
-        return mean(resample(rng, runs)) - mean([mean(resample(rng, r)) for r in resample(rng, others_runs)])
+        return redrawn_mean(rng, runs, seed_variance) - mean(
+            [redrawn_mean(rng, r, seed_variance) for r in resample(rng, others_runs)])
     return bootstrap(draw, **kwargs)
 
 
-def nothing_to_resample(runs, others_runs):
-    """One other architecture and one seed everywhere: an interval would have no width and say nothing."""
-    return len(others_runs) < 2 and all(len(r) < 2 for r in (runs, *others_runs))
+def difference_interval(runs, other_runs, seed_variance, **kwargs):
+    """Interval of ``mean(runs) - mean(other_runs)``, two architectures' means each redrawn with its seed noise."""
+    if math.isnan(seed_variance):
+        return math.nan, math.nan
+    return bootstrap(lambda rng: redrawn_mean(rng, runs, seed_variance) - redrawn_mean(rng, other_runs, seed_variance),
+                     **kwargs)
+
+
+def tau_interval(scores, accuracies, seed_variance, **kwargs):
+    """Interval of Kendall tau between ``scores`` (the supernet's, one each) and the stand-alone means of
+    ``accuracies``: the architectures resampled (pairs kept), each mean redrawn with its seed noise."""
+    pairs = list(zip(scores, accuracies))
+
+    def draw(rng):
+        drawn = resample(rng, pairs)
+        noisy = [redrawn_mean(rng, runs, seed_variance) if not math.isnan(seed_variance) else mean(runs)
+                 for _, runs in drawn]
+        return kendall_tau([score for score, _ in drawn], noisy)
+    return bootstrap(draw, **kwargs)
