@@ -27,6 +27,12 @@ _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")
 # formats one of them cannot decode (DALI: GIF; torchvision.io: BMP, TIFF)
 _UNSUPPORTED_SIGNATURES = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 PREPROCESSING_FILE = "preprocessing.json"
+# The split of N images a class held out of train/ (--holdout-per-class): what the search scores candidates on and
+# the supernet validates on, so that val/ stays unseen until the final numbers (SPEC section 16). The images are
+# drawn by a fixed seed, so every step holds out the same ones.
+HOLDOUT = "holdout"
+HOLDOUT_SEED = 0
+HOLDOUT_LIST = "holdout.txt"  # the held-out images, one a line: what a run that holds them out writes beside itself
 # color_jitter 0.4: brightness, contrast and saturation factors uniform in [0.6, 1.4]
 DEFAULT_AUGMENTATION = {"min_crop_area": 0.08, "mirror": True, "color_jitter": 0.4}
 
@@ -176,18 +182,60 @@ def scan_image_folder(split_dir, classes=None):
     return files, labels, classes
 
 
+def held_out(files, labels, classes, per_class):
+    """Indices of the ``per_class`` images of each class held out of train/: drawn by a fixed seed from the class's
+    files (in name order), so that they do not depend on the other classes or on the machine."""
+    chosen = []
+    for label, name in enumerate(classes):
+        members = [i for i, l in enumerate(labels) if l == label]
+        if len(members) <= per_class:
+            raise UserError(f"{os.path.dirname(files[members[0]]) if members else name}: {len(members)} images, too "
+                            f"few to hold {per_class} out and train on the rest; lower --holdout-per-class")
+        chosen += random.Random(f"{HOLDOUT_SEED}/{name}").sample(members, per_class)
+    return sorted(chosen)
+
+
+def dataset_fingerprint(root):
+    """What changes when images are added, removed or replaced, without reading every file: the class
+    folders' names and modification times, and the dataset's preprocessing.json (what cached data and a run's
+    identity are keyed on)."""
+    entries = []
+    for split in ("train", "val"):
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise UserError(f"{split_dir}: not a folder (expected {root}/{{train,val}}/<class>/<image>)")
+        entries += [(split, e.name, e.stat().st_mtime_ns) for e in os.scandir(split_dir) if e.is_dir()]
+    preprocessing = os.path.join(root, PREPROCESSING_FILE)
+    if os.path.exists(preprocessing):
+        entries.append((PREPROCESSING_FILE, os.stat(preprocessing).st_mtime_ns))
+    return sorted(entries)
+
+
 def shard_indices(num_items, shard_id, num_shards):
     """Contiguous split as DALI's reader does it: every item in exactly one shard."""
     return range(num_items * shard_id // num_shards, num_items * (shard_id + 1) // num_shards)
 
 
 class ImageFolderLoader:
-    """Iterates one split of an ImageNet-layout folder in batches; see the module docstring."""
+    """Iterates one split of an ImageNet-layout folder in batches; see the module docstring. ``split``: "train",
+    "val", or HOLDOUT, the ``holdout_per_class`` images a class held out of train/ (which "train" then leaves out)."""
 
     def __init__(self, root, split, *, train, batch_size, input_size=224, spos_preprocessing=False,
-                 workers=4, backend="auto", device="cpu", shard_id=0, num_shards=1, seed=42, classes=None):
-        self.split_dir = os.path.join(root, split)
+                 workers=4, backend="auto", device="cpu", shard_id=0, num_shards=1, seed=42, classes=None,
+                 holdout_per_class=0):
+        if holdout_per_class < 0:
+            raise UserError(f"--holdout-per-class must be 0 or more, got {holdout_per_class}")
+        if split == HOLDOUT and not holdout_per_class:
+            raise ValueError("the held-out split needs holdout_per_class")
+        self.split = split
+        self.split_dir = os.path.join(root, "train" if split == HOLDOUT else split)
         self.files, self.labels, self.classes = scan_image_folder(self.split_dir, classes)
+        self.held_out_files = []  # of train/, by --holdout-per-class
+        if holdout_per_class and split in ("train", HOLDOUT):
+            chosen = set(held_out(self.files, self.labels, self.classes, holdout_per_class))
+            self.held_out_files = [self.files[i] for i in sorted(chosen)]
+            keep = [i for i in range(len(self.files)) if (i in chosen) == (split == HOLDOUT)]
+            self.files, self.labels = [self.files[i] for i in keep], [self.labels[i] for i in keep]
         self.train, self.batch_size, self.input_size = train, batch_size, input_size
         self.spos_preprocessing, self.workers, self.seed = spos_preprocessing, max(1, workers), seed
         self.device = torch.device(device)
@@ -208,6 +256,12 @@ class ImageFolderLoader:
         self._unreadable = set()
         self._dali_mid_epoch = False
         self._impl = self._build_dali() if backend == "dali" else self._build_torch()
+
+    def held_out_list(self):
+        """The images held out of train/, one a line, relative to the dataset's folder: the list a run writes beside
+        its results."""
+        root = os.path.dirname(self.split_dir)
+        return "".join(f"{os.path.relpath(path, root)}\n" for path in self.held_out_files)
 
     @property
     def num_classes(self):

@@ -10,6 +10,7 @@ its function to every choice of every layer (spos/warm_start.py), so that a supe
 import argparse
 import random
 
+from dataloader import HOLDOUT
 from network import FlopsBinnedSampler, ShuffleNetV2OneShot, load_weights, random_architecture
 from spos import distributed, training, warm_start
 from spos.optim import make_optimizer
@@ -53,7 +54,8 @@ def main(argv=None):
 
 
 def train(args, context):
-    loaders = training.make_loaders(args, context)
+    # the supernet's own validation: the held-out images when there are some (val/ is then the test data)
+    loaders = training.make_loaders(args, context, validate_on=HOLDOUT if args.holdout_per_class else "val")
     model = ShuffleNetV2OneShot(input_size=args.input_size, n_classes=loaders[0].num_classes, affine=False,
                                 channel_search=args.channel_search, small_input=args.small_input)
     if args.load_checkpoint:
@@ -82,7 +84,7 @@ def train(args, context):
         run, supernet=True,
         sample_architecture=distributed.shared_draw(FlopsBinnedSampler(model, path_rng), context),
         validation_sampler=lambda: FlopsBinnedSampler(model, random.Random(args.seed)),
-        val_name="val on random paths (BN not recalibrated)")
+        val_name=f"{'held-out' if args.holdout_per_class else 'val'} on random paths (BN not recalibrated)")
 
 
 def run_warm_start(args, run):

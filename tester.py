@@ -124,7 +124,8 @@ def main(argv=None):
     started = time.perf_counter()
     train, val, classes, source = load_scoring_data(args, device, keep=False)
     seconds["data"] = time.perf_counter() - started
-    log_scoring_data(train, val, classes, source, args.train_iters, seconds["data"])
+    log_scoring_data(train, val, classes, source, args.train_iters, seconds["data"],
+                     args.holdout_per_class)
 
     started = time.perf_counter()
     model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)

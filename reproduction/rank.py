@@ -8,27 +8,29 @@ accuracy they reach trained alone from scratch.
 2. each scored with the supernet as the search scores a candidate (spos/scoring.py: BN recalibrated, the trial
    settings of the dataset's recipe or the flags given);
 3. each trained from scratch with scratch.py itself, the same epochs and recipe for all (--epochs, or the
-   "bench_ranking.py" section of the dataset's recipe.json), once per seed: runs go to processes side by side
-   (one per CPU core, or one per GPU), and a rerun skips finished runs and resumes interrupted ones
-   (scratch.py --resume);
-4. Kendall tau and Spearman rho between supernet score and stand-alone accuracy (mean over seeds), each with a
-   bootstrap interval over the architectures; the seed-to-seed tau of the stand-alone accuracies, the ceiling
-   at this budget (how well one seed's ranking predicts another's; the supernet is compared with the mean over
-   seeds, which is less noisy than one seed, so its tau can come out above it); top-k overlap.
+   "reproduction.rank" section of the dataset's recipe.json), once per seed: runs go to processes side by side
+   (one per CPU core, or one per GPU), kept by what they are (reproduction/stand_alone.py): a rerun skips finished
+   runs, resumes interrupted ones and trains anew what changed;
+4. Kendall tau and Spearman rho between supernet score and stand-alone accuracy (mean over seeds), the tau's
+   interval carrying the seed noise (reproduction/stats.py); the seed-to-seed tau of the stand-alone runs and the
+   tau a perfect predictor attains against the seed means (the ceiling for the supernet's); top-k overlap.
 
 Writes to --output-dir: runs.csv (every run), ranking.png (supernet score against stand-alone accuracy, error
-bars over seeds), summary.md (the table printed), architectures/ and runs/<architecture>_seed<seed>/.
+bars over seeds), summary.md (the table printed), runs/<architecture>_seed<seed>_<identity>/.
 """
 import argparse
 import csv
 import os
 import statistics
+import sys
 import time
 
-from reproduction.stand_alone import finished_accuracy, run_stand_alone
-from reproduction.stats import bootstrap_interval, kendall_tau, spearman_rho, top_k_overlap
+from reproduction.stand_alone import plan_runs, prepare, run_locally
+from reproduction.stats import (attainable_tau, bootstrap_interval, kendall_tau, pooled_seed_variance,
+                                reliability_from_tau, seed_to_seed_interval, seed_to_seed_tau, spearman_rho,
+                                tau_interval, top_k_overlap)
 from reproduction.supernet_scores import supernet_scores
-from spos.architecture import load_architecture, write_architecture
+from spos.architecture import load_architecture
 from spos.options import PROJECT_DIR, parse_args_with_recipe
 from spos.report import emit, markdown_table
 from utils import UserError, run_main
@@ -49,6 +51,9 @@ def parse_args(argv=None):
                         help="stand-alone runs side by side; 0: one per GPU, else one per CPU core")
     parser.add_argument("--scratch-args", default="",
                         help="more flags for every scratch.py run, e.g. \"--batch-size 256 --workers 8\"")
+    parser.add_argument("--holdout-per-class", type=int, default=0, metavar="N",
+                        help="score on N images a class held out of train/, train the stand-alone runs on the rest "
+                             "and report them on val/ (see python -m reproduction.reproduce)")
     parser.add_argument("--tester-args", default="",
                         help="more tester.py flags for the supernet scores, e.g. \"--train-iters 100\"")
     parser.add_argument("--top-k", type=int, default=3)
@@ -95,57 +100,56 @@ def plot(path, scores, accuracies, flops, title):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.architectures < 2 or args.seeds < 1 or args.epochs < 1 or args.jobs < 0:
-        raise UserError("--architectures must be 2 or more, --seeds and --epochs positive, --jobs 0 or more")
+    if args.architectures < 2 or args.seeds < 1 or args.epochs < 1 or args.jobs < 0 or args.holdout_per_class < 0:
+        raise UserError("--architectures must be 2 or more, --seeds and --epochs positive, --jobs and "
+                        "--holdout-per-class 0 or more")
     import torch
+
+    from network import paper_flops
 
     device_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     jobs = args.jobs or device_count or os.cpu_count() or 1
-    os.makedirs(os.path.join(args.output_dir, "architectures"), exist_ok=True)
     final = load_architecture(args.architecture_final) if args.architecture_final else None
     architectures = choose_architectures(args.architectures, args.flops_limit, args.seed, final)
-    from network import paper_flops
-
     flops = [paper_flops(a) for a in architectures]
     names = [f"arch{i:02d}" for i in range(len(architectures))]
-    files = []
-    for name, architecture in zip(names, architectures):
-        files.append(os.path.join(args.output_dir, "architectures", f"{name}.json"))
-        write_architecture(files[-1], architecture)
 
     started = time.perf_counter()
-    scores, checkpoint = supernet_scores(args, architectures, os.path.join(args.output_dir, "supernet_scores.json"))
+    pairs, checkpoint = supernet_scores(args, architectures, os.path.join(args.output_dir, "supernet_scores.json"))
+    scores = [after for after, _ in pairs]
     scoring_seconds = time.perf_counter() - started
     seeds = list(range(1, args.seeds + 1))
-    runs = [(file, seed, os.path.join(args.output_dir, "runs", f"{name}_seed{seed}"))
-            for name, file in zip(names, files) for seed in seeds]
+    runs = plan_runs(args.output_dir, list(zip(names, architectures)), seeds, args.epochs, args.scratch_args,
+                     args.imagenet_dir, args.holdout_per_class)
+    prepare(runs, log)
     started = time.perf_counter()
-    run_stand_alone(args, runs, jobs, device_count)
+    run_locally(runs, jobs, device_count, log)
     training_seconds = time.perf_counter() - started
-    accuracies = [[finished_accuracy(os.path.join(args.output_dir, "runs", f"{name}_seed{seed}"), args.epochs)
-                   for seed in seeds] for name in names]
+    accuracy = {(run.name, run.seed): run.accuracy() for run in runs}
+    accuracies = [[accuracy[name, seed] for seed in seeds] for name in names]
 
     with open(os.path.join(args.output_dir, "runs.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["architecture", "choices", "flops", "supernet_accuracy", "seed", "epochs",
                          "stand_alone_accuracy"])
         for name, architecture, flop, score, per_seed in zip(names, architectures, flops, scores, accuracies):
-            for seed, accuracy in zip(seeds, per_seed):
+            for seed, value in zip(seeds, per_seed):
                 writer.writerow([name, " ".join(map(str, architecture)), flop, f"{score:.6f}", seed, args.epochs,
-                                 f"{accuracy:.6f}"])
+                                 f"{value:.6f}"])
 
     means = [statistics.mean(a) for a in accuracies]
     tau, rho = kendall_tau(scores, means), spearman_rho(scores, means)
-    tau_low, tau_high = bootstrap_interval(kendall_tau, scores, means)
+    variance = pooled_seed_variance(accuracies)
+    tau_low, tau_high = tau_interval(scores, accuracies, variance)
     rho_low, rho_high = bootstrap_interval(spearman_rho, scores, means)
-    rows = [["Kendall tau, supernet vs stand-alone", f"{tau:.3f}", f"[{tau_low:.3f}, {tau_high:.3f}]"],
-            ["Spearman rho, supernet vs stand-alone", f"{rho:.3f}", f"[{rho_low:.3f}, {rho_high:.3f}]"]]
+    rows = [["Kendall tau, supernet vs stand-alone means", f"{tau:.3f}", f"[{tau_low:.3f}, {tau_high:.3f}]"],
+            ["Spearman rho, supernet vs stand-alone means", f"{rho:.3f}", f"[{rho_low:.3f}, {rho_high:.3f}]"]]
     if len(seeds) > 1:
-        first, second = [a[0] for a in accuracies], [a[1] for a in accuracies]
-        ceiling = kendall_tau(first, second)
-        ceiling_low, ceiling_high = bootstrap_interval(kendall_tau, first, second)
-        rows.append(["Kendall tau, stand-alone seed 1 vs seed 2 (the ceiling)", f"{ceiling:.3f}",
-                     f"[{ceiling_low:.3f}, {ceiling_high:.3f}]"])
+        seed_to_seed = seed_to_seed_tau(accuracies)
+        rows.append(["seed-to-seed tau (two single runs)", f"{seed_to_seed:.3f}",
+                     "[{:.3f}, {:.3f}]".format(*seed_to_seed_interval(accuracies))])
+        rows.append([f"attainable tau against {len(seeds)}-seed means (a perfect predictor)",
+                     f"{attainable_tau(reliability_from_tau(seed_to_seed), len(seeds)):.3f}", ""])
     k = min(args.top_k, len(architectures))
     rows.append([f"top-{k} overlap, supernet vs stand-alone", f"{top_k_overlap(scores, means, k):.2f}", ""])
     spread = [100 * (max(values) - min(values)) for values in (scores, means)]
@@ -156,7 +160,7 @@ def main(argv=None):
               f"stand-alone {100 * min(means):.1f}-{100 * max(means):.1f} % (spread {spread[1]:.1f}); "
               f"time: supernet scores {scoring_seconds:.0f} s, stand-alone runs {training_seconds:.0f} s "
               f"({jobs} side by side)")
-    table = markdown_table(["statistic", "value", "95 % bootstrap interval"], rows)
+    table = markdown_table(["statistic", "value", "95 % interval"], rows)
     per_architecture = markdown_table(
         ["architecture", "choices", "FLOPs", "supernet", *[f"seed {s}" for s in seeds]],
         [[n, " ".join(map(str, a)), f"{f / 1e6:.1f}M", f"{100 * s:.1f} %", *[f"{100 * v:.1f} %" for v in acc]]
@@ -164,6 +168,10 @@ def main(argv=None):
     plot(os.path.join(args.output_dir, "ranking.png"), scores, accuracies, flops,
          f"Kendall tau {tau:.2f} [{tau_low:.2f}, {tau_high:.2f}], {len(architectures)} architectures")
     emit(f"{header}\n\n{table}\n\n{per_architecture}", os.path.join(args.output_dir, "summary.md"))
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

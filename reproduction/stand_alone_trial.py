@@ -1,7 +1,8 @@
-"""One stand-alone run of the reproduction as an NNI trial (``python -m reproduction.reproduce --engine nni``): the experiment's grid
-search hands each trial one run's name; the trial runs scratch.py for it with the flags reproduce.py wrote into
-its plan (resumed where an earlier trial of that run stopped, skipped when the run has finished) and reports the
-run's last val top-1 as the trial's final result, which NNI's web UI lists.
+"""One stand-alone run of the reproduction as an NNI trial (``python -m reproduction.reproduce --engine nni``): the
+experiment's grid search hands each trial one run's name; the trial runs scratch.py for it (a child that dies with
+the trial) with the flags the reproduction wrote into its plan (resumed where an earlier trial of that run stopped,
+skipped when the run has finished) and reports the run's last val top-1 as the trial's final result, which NNI's
+web UI lists.
 
     python -m reproduction.stand_alone_trial --plan reproduce_output/nni_plan.json      # the trialCommand
 """
@@ -13,6 +14,7 @@ import sys
 
 from reproduction.stand_alone import finished_accuracy
 from spos.options import PROJECT_DIR
+from spos.processes import run_child
 from utils import UserError, run_main
 
 
@@ -32,16 +34,16 @@ def main(argv=None):
     if name not in plan.get("runs", {}):
         raise UserError(f"NNI gave this trial the run {name!r}, which {args.plan} does not hold")
     run = plan["runs"][name]
-    accuracy = finished_accuracy(run["run_dir"], plan["epochs"])
+    accuracy = finished_accuracy(run["run_dir"], run["epochs"])
     if accuracy is None:
         os.makedirs(run["run_dir"], exist_ok=True)
         log_path = os.path.join(run["run_dir"], "stdout.log")
         with open(log_path, "a") as log:
-            code = subprocess.run([sys.executable, *run["arguments"]], cwd=PROJECT_DIR, stdout=log,
-                                  stderr=subprocess.STDOUT).returncode
+            code = run_child([sys.executable, *run["arguments"]], cwd=PROJECT_DIR, stdout=log,
+                             stderr=subprocess.STDOUT).returncode
         if code != 0:
             raise UserError(f"stand-alone run {name} failed (exit {code}); see {log_path}")
-        accuracy = finished_accuracy(run["run_dir"], plan["epochs"])
+        accuracy = finished_accuracy(run["run_dir"], run["epochs"])
     print(f"stand-alone run {name}: val top-1 {accuracy:.4f}", flush=True)
     nni.report_final_result(accuracy)
 

@@ -222,3 +222,16 @@ def tau_interval(scores, accuracies, seed_variance, **kwargs):
                  for _, runs in drawn]
         return kendall_tau([score for score, _ in drawn], noisy)
     return bootstrap(draw, **kwargs)
+
+
+def means_tau_interval(first_runs, second_runs, first_variance, second_variance, **kwargs):
+    """Interval of Kendall tau between two sets of stand-alone means of the same architectures (``first_runs[a]``
+    and ``second_runs[a]``: architecture a's runs under two set-ups, e.g. two budgets): the architectures
+    resampled, both means redrawn with their set-up's seed noise."""
+    pairs = list(zip(first_runs, second_runs))
+
+    def draw(rng):
+        drawn = resample(rng, pairs)
+        return kendall_tau([redrawn_mean(rng, first, first_variance) for first, _ in drawn],
+                           [redrawn_mean(rng, second, second_variance) for _, second in drawn])
+    return bootstrap(draw, **kwargs)

@@ -8,10 +8,7 @@
 ``--batch-size`` is the global batch: each of N processes reads batch_size / N images a step from its own
 shard of the data, so the learning rate (scaled to the global batch) means the same for any N.
 """
-import ctypes
 import os
-import signal
-import sys
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spos.processes import die_with_parent
 from utils import UserError, logger
 
 
@@ -41,8 +39,10 @@ class Context:
 def init(device):
     """Join torchrun's process group (if started by torchrun); ``device`` is what the user asked for
     (hardware.get_device): a GPU run takes the GPU of its local rank."""
+    # torchrun starts each process in a session of its own, so a SIGKILL of torchrun (or of its process group) would
+    # leave them training on, orphaned, into the checkpoints of the relaunched run
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun, even as its only process
-        _die_with_launcher()
+        die_with_parent()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context(device=device)
@@ -60,15 +60,6 @@ def init(device):
         backend = "gloo"
     dist.init_process_group(backend)
     return Context(rank, world_size, local_rank, device)
-
-
-def _die_with_launcher():
-    """torchrun starts each process in a session of its own, so a SIGKILL of torchrun (or of its process group)
-    leaves them training on, orphaned, into the checkpoints of the relaunched run: have the kernel SIGKILL this
-    process when its launcher dies (Linux's PR_SET_PDEATHSIG; nothing elsewhere)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def shutdown(context):

@@ -3,14 +3,19 @@ state, architecture files, the scoring cache): the contents go to a temporary fi
 to the disk and renamed over the file's name, and the folder is synced, so a reader or a crash sees the old file or
 the new one, never half of one, and successive writes reach the disk in the order they were made. A kill leaves at
 most a temporary file, named ``.tmp-<random>-<name>``, which ``remove_interrupted_writes`` clears."""
+import contextlib
+import fcntl
 import glob
 import logging
 import os
 import tempfile
 
+from utils import UserError
+
 logger = logging.getLogger("spos")
 
 TEMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
 
 
 def write_atomically(path, write, binary=False):
@@ -54,3 +59,22 @@ def remove_interrupted_writes(folder):
         os.unlink(leftover)
         logger.info("removed %s, left by an interrupted write", leftover)
     return leftovers
+
+
+@contextlib.contextmanager
+def sole_writer(folder, what):
+    """Hold ``folder``'s lock (an flock of <folder>/.lock) while ``what`` writes into it: one started there meanwhile
+    is refused in one line. The kernel releases the lock when its holder dies, so a run started after a kill goes
+    on where the killed one stopped."""
+    os.makedirs(folder, exist_ok=True)
+    lock = open(os.path.join(folder, LOCK_FILE), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(f"{folder}: another {what} is writing there (it holds {LOCK_FILE}); wait for it to end, or "
+                        f"give another folder") from None
+    try:
+        yield
+    finally:
+        lock.close()

@@ -1,6 +1,10 @@
-"""An NNI experiment run with nnictl, as demo.py's search and bench/reproduce.py's stand-alone runs run one: the
+"""An NNI experiment run with nnictl, as demo.py's search and the reproduction's stand-alone runs run one: the
 environment nnictl and its trials need, ``nnictl create`` (retried when NNI's web server comes up too slowly for
-it), the experiment's status from NNI's REST API, ``nnictl stop``."""
+it), the experiment's status from NNI's REST API, ``nnictl stop``, and a guard that stops the experiment when the
+process that created it dies, SIGKILL included (NNI's manager runs detached and would go on with its trials).
+
+    python -m spos.nni_experiment --stop-when-stdin-closes ID      # the guard (stop_with_this_process starts it)
+"""
 import json
 import os
 import re
@@ -66,3 +70,36 @@ def create_experiment(config_path, log_path, env, cwd, port=0, attempts=3):
 def stop_experiment(experiment_id, env, cwd):
     subprocess.run(["nnictl", "stop", experiment_id], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=120)
+
+
+class StopWithThisProcess:
+    """Starts the guard of an experiment: a process in a session of its own that holds the reading end of a pipe
+    whose writing end only this process holds. However this process ends, the pipe closes; the guard then runs
+    ``nnictl stop ID``, unless this process said first (``release``) that it stopped the experiment itself."""
+
+    def __init__(self, experiment_id, env, cwd):
+        self.guard = subprocess.Popen([sys.executable, "-m", "spos.nni_experiment", "--stop-when-stdin-closes",
+                                       experiment_id], stdin=subprocess.PIPE, env=env, cwd=cwd,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def release(self):
+        """The experiment is stopped: the guard ends without stopping it again."""
+        self.guard.stdin.write(b"stopped\n")
+        self.guard.stdin.close()
+        self.guard.wait(timeout=60)
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m spos.nni_experiment", description=__doc__.splitlines()[0])
+    parser.add_argument("--stop-when-stdin-closes", metavar="ID", required=True,
+                        help="wait until standard input closes, then `nnictl stop ID` unless it said \"stopped\"")
+    args = parser.parse_args(argv)
+    said = sys.stdin.buffer.read()
+    if b"stopped" not in said:
+        stop_experiment(args.stop_when_stdin_closes, nnictl_env(), os.getcwd())
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,11 @@ def add_data_arguments(parser, workers):
     group.add_argument("--workers", type=int, default=workers)
     group.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
                        help="auto: DALI when installed, else torchvision")
+    group.add_argument("--holdout-per-class", type=int, default=0, metavar="N",
+                       help="train on train/ less N images a class held out of it (the same ones in every step, by a "
+                            "fixed seed), which the search scores candidates on and the supernet validates on, so "
+                            "that val/ is the test data no choice saw (the paper: 50 of ImageNet's); scratch.py "
+                            "still reports on val/. 0: no holdout, the search on val/, as NNI's example")
     return group
 
 

@@ -41,7 +41,8 @@ def main(argv=None):
     torch.set_flush_denormal(True)  # see tester.py
     started = time.perf_counter()
     train, val, classes, source = load_scoring_data(args, device, keep=True)
-    log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - started)
+    log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - started,
+                     args.holdout_per_class)
     model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
     paths = random_legal_paths(args.paths, args.flops_limit, args.seed, model.channel_search)
     accuracies = []

@@ -4,12 +4,15 @@ batch norm (reset every BN's running statistics, then training batches in train 
 averaged cumulatively), evaluate again. Each candidate is scored on a copy of its path
 (``network.path_network``) with BN folded into the convs, so the supernet is never modified.
 """
+import json
+import os
 import random
 import time
 
 import torch
 from torch import nn
 
+from dataloader import dataset_fingerprint
 from network import (REFERENCE_INPUT_SIZE, ShuffleNetV2OneShot, fold_batch_norms, load_state_dict_checked, paper_flops,
                      path_network, random_architecture, read_checkpoint)
 from spos.checkpoint import checkpoint_options, find_checkpoint
@@ -28,6 +31,23 @@ def resolve_scoring_arguments(args):
     args.checkpoint = find_checkpoint(args.checkpoint)
     args.input_size = input_size_of(args.checkpoint, args.input_size)
     return args
+
+
+def scoring_identity(args):
+    """What a score of these scoring flags (resolved) depends on: the supernet's weights file (where, how large,
+    when written), the data (dataset_fingerprint) and every setting that changes a score. A search resumes, and a
+    kept score is reused, only for the same."""
+    stat = os.stat(args.checkpoint)
+    identity = {"checkpoint": os.path.abspath(args.checkpoint), "checkpoint_bytes": stat.st_size,
+                "checkpoint_mtime_ns": stat.st_mtime_ns, "data": os.path.abspath(args.imagenet_dir),
+                "dataset": dataset_fingerprint(args.imagenet_dir),
+                "settings": {key: getattr(args, key) for key in SCORING_SETTINGS}}
+    return json.loads(json.dumps(identity))  # as a JSON file keeps it, to compare with one read back
+
+
+# the flags that change a candidate's score (beside the supernet and the data)
+SCORING_SETTINGS = ("input_size", "spos_preprocessing", "train_batch_size", "train_iters", "test_batch_size", "seed",
+                    "holdout_per_class", "precision")
 
 
 def input_size_of(checkpoint, requested=None):

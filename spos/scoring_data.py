@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from dataloader import PREPROCESSING_FILE, ImageFolderLoader, dali_available, dali_installed
+from dataloader import HOLDOUT, ImageFolderLoader, dali_available, dali_installed, dataset_fingerprint
 from spos.files import save_tensors
 from utils import UserError
 
@@ -19,21 +19,24 @@ SCORING_CACHE_VERSION = 1
 
 
 def scoring_loaders(root, *, train_batch_size, test_batch_size, input_size=224, spos_preprocessing=False,
-                    workers=4, backend="auto", device="cpu", seed=42):
-    """The loaders a candidate is scored with: augmented training batches (for BN recalibration) and the
-    val split. Iterating them decodes the images; ``scoring_batches`` keeps them decoded instead."""
+                    workers=4, backend="auto", device="cpu", seed=42, holdout_per_class=0):
+    """The loaders a candidate is scored with: augmented training batches (for BN recalibration) and the split it
+    is scored on, val/ or, with ``holdout_per_class``, the images held out of train/ (which the training batches
+    then leave out). Iterating them decodes the images; ``scoring_batches`` keeps them decoded instead."""
     common = dict(input_size=input_size, spos_preprocessing=spos_preprocessing, workers=workers, backend=backend,
-                  device=device, seed=seed)
+                  device=device, seed=seed, holdout_per_class=holdout_per_class)
     train_loader = ImageFolderLoader(root, "train", train=True, batch_size=train_batch_size, **common)
-    val_loader = ImageFolderLoader(root, "val", train=False, batch_size=test_batch_size,
-                                   classes=train_loader.classes, **common)
+    val_loader = ImageFolderLoader(root, HOLDOUT if holdout_per_class else "val", train=False,
+                                   batch_size=test_batch_size, classes=train_loader.classes, **common)
     return train_loader, val_loader
 
 
 def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, input_size=224,
-                    spos_preprocessing=False, workers=4, backend="auto", device="cpu", seed=42, cache_dir=None):
+                    spos_preprocessing=False, workers=4, backend="auto", device="cpu", seed=42, cache_dir=None,
+                    holdout_per_class=0):
     """The fixed data every candidate of a search is scored on, decoded once: the first ``train_iters``
-    training batches (augmented as in training, for BN recalibration) and the whole val split, as re-iterable
+    training batches (augmented as in training, for BN recalibration) and the whole split scored on (val/, or the
+    ``holdout_per_class`` images a class held out of train/: see scoring_loaders), as re-iterable
     sequences of ``(images, labels)`` on ``device``, and the class names. On a GPU the tensors stay there when
     they fit in a quarter of its free memory; otherwise they are kept in host memory and each batch is copied
     over when it is used (ImageNet's 25,600 + 50,000 images are 45 GB as float32).
@@ -50,9 +53,9 @@ def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, inp
         backend = "dali" if dali_installed() else "torch"
     settings = dict(root=os.path.abspath(root), train_batch_size=train_batch_size, train_iters=train_iters,
                     test_batch_size=test_batch_size, input_size=input_size, spos_preprocessing=spos_preprocessing,
-                    backend=backend, seed=seed, version=SCORING_CACHE_VERSION)
+                    backend=backend, seed=seed, holdout_per_class=holdout_per_class, version=SCORING_CACHE_VERSION)
     if cache_dir:
-        settings["dataset"] = _dataset_fingerprint(root)
+        settings["dataset"] = dataset_fingerprint(root)
     path = _scoring_cache_path(cache_dir, settings) if cache_dir else None
     cached = _load_scoring_cache(path, device) if path else None
     if cached is None and automatic and backend == "dali" and not dali_available():
@@ -64,7 +67,8 @@ def scoring_batches(root, *, train_batch_size, train_iters, test_batch_size, inp
     train_loader, val_loader = scoring_loaders(root, train_batch_size=train_batch_size,
                                                test_batch_size=test_batch_size, input_size=input_size,
                                                spos_preprocessing=spos_preprocessing, workers=workers,
-                                               backend=backend, device=device, seed=seed)
+                                               backend=backend, device=device, seed=seed,
+                                               holdout_per_class=holdout_per_class)
     place = _placement(device, (train_iters * train_batch_size + val_loader.num_images) * 3 * input_size ** 2 * 4)
     train = DeviceBatches([place(b) for b in cycle_batches(train_loader, train_iters)], device)
     val = DeviceBatches([place(b) for b in val_loader], device)
@@ -152,21 +156,6 @@ def _split_batches(cached, name, place, device):
     return DeviceBatches([place(batch) for batch in zip(images, labels)], device)
 
 
-def _dataset_fingerprint(root):
-    """What changes when images are added, removed or replaced, without reading every file: the class
-    folders' names and modification times, and the dataset's preprocessing.json."""
-    entries = []
-    for split in ("train", "val"):
-        split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            raise UserError(f"{split_dir}: not a folder (expected {root}/{{train,val}}/<class>/<image>)")
-        entries += [(split, e.name, e.stat().st_mtime_ns) for e in os.scandir(split_dir) if e.is_dir()]
-    preprocessing = os.path.join(root, PREPROCESSING_FILE)
-    if os.path.exists(preprocessing):
-        entries.append((PREPROCESSING_FILE, os.stat(preprocessing).st_mtime_ns))
-    return sorted(entries)
-
-
 def load_scoring_data(args, device, keep, cache_dir=None):
     """The recalibration batches and the val set of a command's scoring flags as ``(train, val, classes,
     source)``: decoded once and kept (``keep``, or with a cache folder, ``cache_dir`` or else --cache-dir: from or
@@ -178,15 +167,17 @@ def load_scoring_data(args, device, keep, cache_dir=None):
                                train_iters=args.train_iters, test_batch_size=args.test_batch_size,
                                input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
                                workers=args.workers, backend=args.loader, device=device, seed=args.seed,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, holdout_per_class=args.holdout_per_class)
     train_loader, val_loader = scoring_loaders(args.imagenet_dir, train_batch_size=args.train_batch_size,
                                                test_batch_size=args.test_batch_size, input_size=args.input_size,
                                                spos_preprocessing=args.spos_preprocessing, workers=args.workers,
-                                               backend=args.loader, device=device, seed=args.seed)
+                                               backend=args.loader, device=device, seed=args.seed,
+                                               holdout_per_class=args.holdout_per_class)
     return train_loader, val_loader, train_loader.classes, f"{train_loader.backend} loader, decoded as used"
 
 
-def log_scoring_data(train, val, classes, source, train_iters, seconds):
+def log_scoring_data(train, val, classes, source, train_iters, seconds, holdout_per_class=0):
     val_images = val.num_images if hasattr(val, "num_images") else sum(len(labels) for _, labels in val.batches)
-    logger.info("data: %d recalibration batches, %d val images, %d classes (%s, %.1f s)", train_iters, val_images,
+    scored_on = f"held-out images ({holdout_per_class} a class of train/)" if holdout_per_class else "val images"
+    logger.info("data: %d recalibration batches, %d %s, %d classes (%s, %.1f s)", train_iters, val_images, scored_on,
                 len(classes), source, seconds)

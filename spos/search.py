@@ -24,12 +24,14 @@ from dataclasses import asdict, fields
 
 import torch
 
+from dataloader import HOLDOUT_LIST, ImageFolderLoader
 from spos.architecture import format_choices
 from spos.checkpoint import checkpoint_options, set_seed
 from spos.evolution import Evolution, EvolutionSettings
+from spos.files import write_text
 from spos.hardware import compute_dtype, get_device
 from spos.options import DEFAULT_SEED, add_scoring_arguments, parse_args_with_recipe
-from spos.scoring import evaluate_candidate, load_supernet, resolve_scoring_arguments
+from spos.scoring import evaluate_candidate, load_supernet, resolve_scoring_arguments, scoring_identity
 from spos.scoring_data import load_scoring_data, log_scoring_data
 from spos.search_space import search_space
 from spos.search_state import EXPORT_DIR, STATE_FILE, export_round, prepare_search_dir, save_search
@@ -115,16 +117,22 @@ def search_in_process(args, settings, device):
             if workers > 1:  # started first: their seconds of start-up overlap this process's (the search, the data)
                 pool = _start_pool(args, cache_dir, device, workers)
             evolution = Evolution(**asdict(settings))
+            identity = scoring_identity(args)
             try:  # before the data: a search that cannot resume says so at once
                 channel_search = bool(checkpoint_options(args.checkpoint).get("channel_search"))
-                resumes = _start_or_resume(evolution, checkpoint_dir, args.resume, channel_search)
+                resumes = _start_or_resume(evolution, checkpoint_dir, args.resume, channel_search, identity)
             except (UserError, ValueError) as e:
                 raise UserError(f"--resume: {e}" if args.resume else str(e)) from None
             save_args(argparse.Namespace(**vars(args), evolution=asdict(settings), resolved_search_workers=workers),
                       args.output_dir)
+            if args.holdout_per_class:  # the images the candidates are scored on
+                held_out = ImageFolderLoader(args.imagenet_dir, "train", train=False, batch_size=1, backend="torch",
+                                             holdout_per_class=args.holdout_per_class)
+                write_text(os.path.join(args.output_dir, HOLDOUT_LIST), held_out.held_out_list())
             loading = time.perf_counter()
             train, val, classes, source = load_scoring_data(args, device, keep=True, cache_dir=cache_dir)
-            log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - loading)
+            log_scoring_data(train, val, classes, source, args.train_iters, time.perf_counter() - loading,
+                             args.holdout_per_class)
             # loaded here also when workers score: a checkpoint that does not fit is reported once, clearly
             model = load_supernet(args.checkpoint, args.input_size, len(classes), device, args.channels_last)
             if pool is None:
@@ -133,7 +141,8 @@ def search_in_process(args, settings, device):
             else:
                 del model, train, val
             try:
-                count, elapsed = _run_evolution(evolution, checkpoint_dir, resumes, pool)
+                kept = {"resumes": resumes, "scored_with": identity}
+                count, elapsed = _run_evolution(evolution, checkpoint_dir, kept, pool)
             except concurrent.futures.process.BrokenProcessPool:
                 raise UserError(f"a scoring worker process died (killed by the system: out of memory? `dmesg` "
                                 f"says); the candidates scored so far are in {checkpoint_dir}; continue with "
@@ -150,16 +159,25 @@ def search_in_process(args, settings, device):
     return {"candidates": count, "seconds": elapsed, "output_dir": checkpoint_dir}
 
 
-def _start_or_resume(evolution, checkpoint_dir, resume, channel_search):
+def _start_or_resume(evolution, checkpoint_dir, resume, channel_search, identity):
     """Start the search in ``checkpoint_dir``, or continue the one there (``resume``), over blocks (and scales:
-    ``channel_search``, the supernet's). Returns the list of resumes search_state.json keeps."""
+    ``channel_search``, the supernet's), only if it scored with the same supernet, data and settings
+    (``identity``, scoring.scoring_identity). Returns the list of resumes search_state.json keeps."""
     evolution.set_search_space(search_space(channel_search))
     state = prepare_search_dir(checkpoint_dir, resume)
     logger.info("%s; results in %s", evolution.describe(), checkpoint_dir)
     if state is None:
         evolution.start()
         return []
-    open_in_round = evolution.restore(state, os.path.join(checkpoint_dir, STATE_FILE))
+    state_path = os.path.join(checkpoint_dir, STATE_FILE)
+    scored_with = state.get("scored_with") or {}
+    changed = [key for key in identity if scored_with.get(key) != identity[key]]
+    if changed:
+        details = "; ".join(f"{key} {scored_with.get(key)!r:.120} there, {identity[key]!r:.120} now" for key in changed)
+        raise UserError(f"{state_path}: that search scored its candidates with another {', '.join(changed)} "
+                        f"({details}): its scores would not compare with new ones; start it anew in another "
+                        f"--output-dir (or without --resume, which moves it aside)")
+    open_in_round = evolution.restore(state, state_path)
     logger.info("resumed the search of %s: %d of %d rounds done; round %d has %d candidates without an outcome",
                 checkpoint_dir, evolution.rounds_done, evolution.settings.max_epochs, evolution.round, open_in_round)
     return [*state.get("resumes", []), {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -178,10 +196,11 @@ def _start_pool(args, cache_dir, device, workers):
     return pool
 
 
-def _run_evolution(evolution, checkpoint_dir, resumes, pool):
+def _run_evolution(evolution, checkpoint_dir, kept, pool):
     """Score each round's open candidates (all at once on a pool) and record the results in the order of the
     candidates, so that a search gives the same table whatever the number of workers; the files are saved
-    after every result. Returns how many candidates this run scored, and its seconds."""
+    after every result, with ``kept`` (the resumes, what the candidates were scored with) in search_state.json.
+    Returns how many candidates this run scored, and its seconds."""
     started, count = time.perf_counter(), 0
     parameter_id = 1 + max((r["parameter_id"] for r in evolution.history.values() if r["parameter_id"] is not None),
                            default=-1)
@@ -191,7 +210,7 @@ def _run_evolution(evolution, checkpoint_dir, resumes, pool):
         closed = evolution.advance()
         if closed is not None:
             export_round(checkpoint_dir, *closed)
-        save_search(checkpoint_dir, {**evolution.state(), "experiment_id": None, "resumes": resumes})
+        save_search(checkpoint_dir, {**evolution.state(), "experiment_id": None, **kept})
         candidates = evolution.open_candidates()
         if not candidates:
             break
@@ -201,7 +220,7 @@ def _run_evolution(evolution, checkpoint_dir, resumes, pool):
                         format_choices(candidate), accuracy, before)
             evolution.record(candidate, "succeeded", accuracy, before, parameter_id=parameter_id,
                              trial_job_id="in-process")
-            save_search(checkpoint_dir, {**evolution.state(), "experiment_id": None, "resumes": resumes})
+            save_search(checkpoint_dir, {**evolution.state(), "experiment_id": None, **kept})
             parameter_id, count = parameter_id + 1, count + 1
     return count, time.perf_counter() - started
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from dataloader import ImageFolderLoader
+from dataloader import HOLDOUT_LIST, ImageFolderLoader
 from spos import distributed
 from spos.checkpoint import STATE_FILE, describe_dataset, resume_training, save_training_state, save_weights, set_seed
+from spos.files import write_text
 from spos.hardware import compute_dtype, get_device, prepare_model, set_cpu_threads
 from spos.loops import evaluate, train_one_epoch
 from spos.optim import make_lr_scheduler, make_optimizer, scaled_learning_rate
@@ -36,18 +37,24 @@ def training_process(args, log_name):
         distributed.shutdown(context)
 
 
-def make_loaders(args, context):
-    """The train and val splits of --imagenet-dir, this process's shard of each, in batches of its share of the
-    global --batch-size."""
+def make_loaders(args, context, validate_on="val"):
+    """The train split of --imagenet-dir (less its --holdout-per-class images) and the split validated on ("val", or
+    HOLDOUT: the held-out images), this process's shard of each, in batches of its share of the global
+    --batch-size."""
     batch_size = distributed.per_process_batch_size(args.batch_size, context)
     common = dict(batch_size=batch_size, input_size=args.input_size, spos_preprocessing=args.spos_preprocessing,
                   workers=args.workers, backend=args.loader, device=context.device, seed=args.seed,
-                  shard_id=context.rank, num_shards=context.world_size)
+                  shard_id=context.rank, num_shards=context.world_size, holdout_per_class=args.holdout_per_class)
     train_loader = ImageFolderLoader(args.imagenet_dir, "train", train=True, **common)
-    val_loader = ImageFolderLoader(args.imagenet_dir, "val", train=False, classes=train_loader.classes, **common)
-    logger.info("data: %d train / %d val images, %d classes, %s loader, %d steps per epoch; %d process(es) on %s, "
-                "%d images each a step", len(train_loader.files), len(val_loader.files), train_loader.num_classes,
-                train_loader.backend, len(train_loader), context.world_size, context.device.type, batch_size)
+    val_loader = ImageFolderLoader(args.imagenet_dir, validate_on, train=False, classes=train_loader.classes,
+                                   **common)
+    logger.info("data: %d train / %d %s images, %d classes, %s loader, %d steps per epoch; %d process(es) on %s, "
+                "%d images each a step", len(train_loader.files), len(val_loader.files), validate_on,
+                train_loader.num_classes, train_loader.backend, len(train_loader), context.world_size,
+                context.device.type, batch_size)
+    if args.holdout_per_class:
+        logger.info("%d images a class held out of train/ (their list: <output-dir>/%s)", args.holdout_per_class,
+                    HOLDOUT_LIST)
     return train_loader, val_loader
 
 
@@ -96,6 +103,8 @@ class Run:
             self.start_epoch, self.history = state["epoch"], [list(h) for h in state.get("history", [])]
         if self.context.is_main:
             save_args(self.args, self.args.output_dir)
+            if self.train_loader.held_out_files:
+                write_text(os.path.join(self.args.output_dir, HOLDOUT_LIST), self.train_loader.held_out_list())
         return state is not None
 
     def save_state(self, epoch):

@@ -285,3 +285,27 @@ def test_dali_installed_is_false_without_any_nvidia_package(monkeypatch):
         patch.setattr(dataloader.importlib.util, "find_spec", no_nvidia)
         installed = dataloader.dali_installed()
     assert installed is False
+
+
+def test_held_out_images_are_the_same_n_a_class_every_time_and_never_trained_on(digits_dir):
+    from dataloader import HOLDOUT
+
+    train = make_loader(digits_dir, "train", "torch", holdout_per_class=20)
+    held = make_loader(digits_dir, HOLDOUT, "torch", holdout_per_class=20)
+    assert set(train.files).isdisjoint(held.files) and len(train.files) + len(held.files) == NUM_TRAIN
+    assert collections.Counter(held.labels) == {label: 20 for label in range(10)}
+    assert all("/train/" in path for path in held.files)  # held out of train/, not val/
+    again = make_loader(digits_dir, HOLDOUT, "dali", holdout_per_class=20)
+    assert again.files == held.files  # a fixed seed: every step and backend holds out the same images
+    assert sorted(train.held_out_files) == sorted(held.files)
+    assert train.held_out_list().splitlines() == [os.path.relpath(p, digits_dir) for p in train.held_out_files]
+    assert sum(len(y) for _, y in held) == 200  # every held-out image once, with eval transforms
+    assert make_loader(digits_dir, "val", "torch", holdout_per_class=20).files == make_loader(
+        digits_dir, "val", "torch").files  # val/ is untouched
+
+
+def test_holding_out_more_than_a_class_has_is_one_clear_error(digits_dir):
+    with pytest.raises(UserError, match="too few to hold 200 out and train on the rest; lower --holdout-per-class"):
+        make_loader(digits_dir, "train", "torch", holdout_per_class=200)
+    with pytest.raises(UserError, match="--holdout-per-class must be 0 or more, got -1"):
+        make_loader(digits_dir, "train", "torch", holdout_per_class=-1)

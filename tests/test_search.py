@@ -82,6 +82,26 @@ def test_in_process_search_with_a_bad_config_is_one_clear_line(digits_dir, digit
     assert f"--resume: {tmp_path / 'empty' / 'checkpoints'}: no search_state.json there" in nothing.stderr
 
 
+def test_a_search_resumes_only_with_what_it_scored_with(digits_dir, digits_checkpoint, tmp_path):
+    """--resume of a search scored with other settings (here the recalibration batches), or another supernet, is
+    refused in one line naming what changed; without --resume the old search is moved aside."""
+    config = tmp_path / "config.yml"
+    config.write_text("tuner:\n  classArgs: {max_epochs: 1, num_population: 2, num_select: 1, num_mutation: 0, "
+                      "num_crossover: 0, flops_limit: 330.0e+6}\n")
+    common = ["--search-config", str(config), "--output-dir", str(tmp_path / "out"), "--search-workers", "1",
+              "--loader", "torch", *digits_args(digits_dir, digits_checkpoint), "--holdout-per-class", "10"]
+    search.main(common)
+    assert len((tmp_path / "out" / "holdout.txt").read_text().splitlines()) == 100  # the images it scored on
+    state = json.loads((tmp_path / "out" / "checkpoints" / "search_state.json").read_text())
+    assert state["scored_with"]["settings"]["holdout_per_class"] == 10
+    with pytest.raises(UserError, match="that search scored its candidates with another settings \\(settings .*"
+                                        "'train_iters': 3.* there, .*'train_iters': 4"):
+        search.main([*common, "--train-iters", "4", "--resume"])
+    assert search.main([*common, "--resume"])["candidates"] == 0  # the same: finished, nothing to score
+    search.main([*common, "--train-iters", "4"])  # a new search: the old one moved aside
+    assert len([name for name in os.listdir(tmp_path / "out") if name.startswith("checkpoints-")]) == 1
+
+
 def test_each_setting_is_the_flag_given_else_the_configs_else_megvii_s(tmp_path):
     config = tmp_path / "config.yml"
     config.write_text("tuner:\n  classArgs: {max_epochs: 4, num_population: 10, num_select: 3, num_mutation: 4, "

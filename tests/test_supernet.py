@@ -88,6 +88,21 @@ def test_the_warm_start_runs_once_and_the_weights_carry_the_network_options(smal
     assert input_size_of(str(output_dir / "epoch_1.pth.tar"), requested=64) == 64
 
 
+def test_with_a_holdout_it_trains_on_the_rest_and_validates_on_the_held_out_images(small_digits, tmp_path):
+    """--holdout-per-class 4: 360 of small_digits' 400 train images trained on (5 steps of 64), the 40 held out
+    validated on, their list beside the weights; a resume with another holdout is refused."""
+    history = supernet.main(run_args(small_digits, tmp_path, 1, "--holdout-per-class", "4"))
+    assert history[0]["val"]["images"] == 40 and history[0]["train"]["images_per_s"] > 0
+    held = (tmp_path / "holdout.txt").read_text().splitlines()
+    assert len(held) == 40 and all(line.startswith("train/") for line in held)
+    state = torch.load(tmp_path / "training_state.pth.tar", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 5 and "360 train images" in state["dataset"]
+    log = (tmp_path / "supernet.log").read_text()
+    assert "360 train / 40 holdout images" in log and "held-out on random paths" in log
+    with pytest.raises(UserError, match="was written for dataset 10 classes .* 360 train images, not .* 400"):
+        supernet.main(run_args(small_digits, tmp_path, 2, "--resume"))
+
+
 def test_warm_start_and_load_checkpoint_are_refused_together(small_digits, tmp_path):
     done = run_script(*run_args(small_digits, tmp_path, 1, "--warm-start-steps", "5", "--load-checkpoint"))
     assert done.returncode == 2 and "give one of them" in done.stderr and "Traceback" not in done.stderr
