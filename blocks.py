@@ -3,7 +3,6 @@
 Sequential indices and attribute names follow Megvii's official code so that official checkpoints
 load with strict=True: ``branch_main.{i}`` and ``branch_proj.{i}`` count every conv, BN and ReLU.
 """
-import functools
 
 import torch
 from torch import nn
@@ -73,6 +72,7 @@ class DepthwiseConv2d(nn.Conv2d):
     def _small_map_forward(self, x, weight, bias):
         n, c, h, w = x.shape
         taps, out_h, out_w = _depthwise_taps(h, w, self.kernel_size[0], self.stride[0])
+        taps = torch.from_numpy(taps)  # a tensor made at each call: under torch.export's tracing it is a fake one
         # kernel values per (output pixel, input pixel, channel); taps that only meet padding point at a zero
         kernel = torch.cat((weight.reshape(c, -1).t(), weight.new_zeros(1, c)))[taps]
         pixels = x.permute(0, 2, 3, 1).reshape(n, 1, h * w, c)  # a view of a channels-last map
@@ -82,13 +82,13 @@ class DepthwiseConv2d(nn.Conv2d):
         return y.reshape(n, out_h, out_w, c).permute(0, 3, 1, 2)  # channels-last, as the convolution gives
 
 
-@functools.lru_cache(maxsize=None)
 def _depthwise_taps(height, width, kernel_size, stride):
     """For each output pixel and input pixel of a depthwise convolution (padding kernel_size // 2), the index of
-    the kernel tap joining them in the flattened kernel, or kernel_size ** 2 where none does. Made outside
-    inference mode whatever the first caller's mode (scoring): training indexes with the cached tensor too."""
-    with torch.inference_mode(False):
-        return _make_depthwise_taps(height, width, kernel_size, stride)
+    the kernel tap joining them in the flattened kernel, or kernel_size ** 2 where none does, as a NumPy array, for
+    every small map made once when this module loads: a kept tensor would keep the mode of its first caller
+    (inference mode, or the fake tensors of an ONNX export's tracing) for every later one, and one made at a call
+    would be a side effect to that tracing."""
+    return _TAPS[height, width, kernel_size, stride]
 
 
 def _make_depthwise_taps(height, width, kernel_size, stride):
@@ -99,7 +99,11 @@ def _make_depthwise_taps(height, width, kernel_size, stride):
     ky, kx = iy - oy * stride + pad, ix - ox * stride + pad
     inside = (ky >= 0) & (ky < kernel_size) & (kx >= 0) & (kx < kernel_size)
     taps = torch.where(inside, ky * kernel_size + kx, kernel_size ** 2)
-    return taps.reshape(out_h * out_w, height * width), out_h, out_w
+    return taps.reshape(out_h * out_w, height * width).numpy(), out_h, out_w
+
+
+_TAPS = {(h, w, k, s): _make_depthwise_taps(h, w, k, s) for h in range(1, SMALL_MAP_PIXELS + 1)
+         for w in range(1, SMALL_MAP_PIXELS // h + 1) for k in (3, 5, 7) for s in (1, 2)}
 
 
 class SliceableBatchNorm2d(nn.BatchNorm2d):

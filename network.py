@@ -319,8 +319,8 @@ def path_network(supernet, architecture):
 def fold_batch_norms(model):
     """Fold, in place, every BN that follows a conv into that conv (its running statistics become the conv's
     weight scale and bias), for inference: the same outputs in eval mode, with a third fewer layers to run.
-    Returns ``model``, in eval mode."""
-    weight = model.first_conv[0].weight
+    ``model``: a network, or any module of its (a block). Returns it, in eval mode."""
+    weight = next(p for p in model.parameters() if p.dim() == 4)
     memory_format = (torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
                      else torch.contiguous_format)
     model.eval()

@@ -4,8 +4,9 @@ search_state.json (which says how many rounds are done and whether the search fi
   python plot_search.py ~/nni-experiments/<experiment id>          # or its log/ or log/checkpoints/ folder
   python plot_search.py path/to/candidates.csv -o search.png
 
-Panels: accuracy against FLOPs of every scored candidate coloured by round (the best marked); the best and
-mean accuracy of each round and the best so far; when the trials reported it, accuracy before against
+Panels: accuracy against FLOPs of every scored candidate coloured by round (the best marked), with the
+accuracy-FLOPs front (spos/pareto.py); the same against the predicted latency when the search had a latency limit;
+the best and mean accuracy of each round and the best so far; when the trials reported it, accuracy before against
 after BN recalibration. Writes search.png next to candidates.csv unless -o says otherwise.
 """
 import argparse
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 
 from spos.architecture import CHANNEL_SCALES  # noqa: E402
+from spos.pareto import front  # noqa: E402
 from spos.search_state import STATE_FILE, TABLE_FILE, find_search_dir, read_state, read_table, summarize  # noqa: E402
 from utils import UserError, run_main  # noqa: E402
 
@@ -75,25 +77,33 @@ def plot(table, output, title_source, state=None):
     best = max(scored, key=lambda row: row["accuracy"])
     summary = summarize(table)
 
-    columns = 3 if with_before else 2
+    with_latency = any(row["latency_ms"] is not None for row in scored)
+    columns = 2 + with_latency + bool(with_before)
     fig, axes = plt.subplots(1, columns, figsize=(5.2 * columns, 4.4), constrained_layout=True)
     cmap = plt.get_cmap("viridis", len(rounds))
     norm = BoundaryNorm([r - 0.5 for r in rounds] + [rounds[-1] + 0.5], cmap.N) if len(rounds) > 1 else None
 
-    ax = axes[0]
-    points = ax.scatter([row["flops"] / 1e6 for row in scored], [row["accuracy"] for row in scored],
-                        c=[row["round"] for row in scored], cmap=cmap, norm=norm, s=22, alpha=0.85, edgecolors="none")
-    ax.scatter([best["flops"] / 1e6], [best["accuracy"]], marker="*", s=220, facecolors="none", edgecolors="red",
-               linewidths=1.5, label=f"best {best['accuracy']:.4f} (round {best['round']}{widths(best)})")
-    ax.set_xlabel("FLOPs (M multiply-adds at 224x224, 1000 classes)")
-    ax.set_ylabel("top-1 accuracy (after BN recalibration)")
-    ax.set_title("every candidate" + (f" ({failed} failed, not shown)" if failed else ""))
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    colorbar = fig.colorbar(points, ax=ax, ticks=rounds if len(rounds) <= 20 else None)
+    cost_axes = [(axes[0], "flops", 1e6, "FLOPs (M multiply-adds at 224x224, 1000 classes)")]
+    if with_latency:
+        cost_axes.append((axes[1], "latency_ms", 1, "predicted latency (ms, the latency table's machine)"))
+    for ax, cost, unit, label in cost_axes:
+        points = ax.scatter([row[cost] / unit for row in scored], [row["accuracy"] for row in scored],
+                            c=[row["round"] for row in scored], cmap=cmap, norm=norm, s=22, alpha=0.85,
+                            edgecolors="none")
+        on_front = front(scored, cost)
+        ax.step([row[cost] / unit for row in on_front], [row["accuracy"] for row in on_front], where="post",
+                color="tab:orange", lw=1.2, label=f"front ({len(on_front)}: python -m spos.pareto)")
+        ax.scatter([best[cost] / unit], [best["accuracy"]], marker="*", s=220, facecolors="none", edgecolors="red",
+                   linewidths=1.5, label=f"best {best['accuracy']:.4f} (round {best['round']}{widths(best)})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 accuracy (after BN recalibration)")
+        ax.set_title("every candidate" + (f" ({failed} failed, not shown)" if failed else ""))
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+    colorbar = fig.colorbar(points, ax=cost_axes[-1][0], ticks=rounds if len(rounds) <= 20 else None)
     colorbar.set_label("round")
 
-    ax = axes[1]
+    ax = axes[len(cost_axes)]
     xs = [s[0] for s in summary]
     ax.plot(xs, [s[1] for s in summary], "o-", label="best of the round")
     ax.plot(xs, [s[2] for s in summary], "s--", label="mean of the round", alpha=0.8)
@@ -106,7 +116,7 @@ def plot(table, output, title_source, state=None):
     ax.grid(alpha=0.3)
 
     if with_before:
-        ax = axes[2]
+        ax = axes[len(cost_axes) + 1]
         values = [row["before"] for row in with_before] + [row["accuracy"] for row in with_before]
         low, high = min(values), max(values)
         margin = 0.02 * (high - low or 1)

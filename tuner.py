@@ -1,6 +1,7 @@
 """Step 2 of SPOS under nnictl: the evolution search (spos/evolution.py) as an NNI tuner (``tuner:
 {codeDirectory: ., className: tuner.EvolutionWithFlops}``); each trial (tester.py) scores one candidate. The
-class arguments are the evolution's (Megvii's defaults) and this adapter's own: ``output_dir`` (default
+class arguments are the evolution's (Megvii's defaults; a relative ``latency_table`` is taken from the code
+directory, this file's folder) and this adapter's own: ``output_dir`` (default
 ``checkpoints/`` under the experiment's log folder), ``result_timeout``, ``resumed_trial_timeout``. The search
 writes its files there (spos/search_state.py: candidates.csv, search_state.json, RRR_KKK.json,
 architecture_final.json); after ``max_epochs`` rounds the tuner raises ``nni.NoMoreTrialError``.
@@ -50,6 +51,9 @@ class EvolutionWithFlops(Tuner):
 
     def __init__(self, output_dir=None, result_timeout=60, resumed_trial_timeout=3600, **evolution_settings):
         super().__init__()
+        table = evolution_settings.get("latency_table")
+        if table and not os.path.isabs(table):  # NNI starts the tuner in the experiment's log folder
+            evolution_settings["latency_table"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), table)
         self.evolution = Evolution(**evolution_settings)
         self.result_timeout = _positive_seconds("result_timeout", result_timeout)
         self.resumed_trial_timeout = _positive_seconds("resumed_trial_timeout", resumed_trial_timeout)

@@ -10,7 +10,7 @@ these noisy means, and without BN recalibration."""
 import math
 
 from reproduction.architectures import ONE_CHOICE_NAMES, RANDOM
-from reproduction.stats import (attainable_tau, bootstrap, difference_interval, icc1, kendall_tau, mean,
+from spos.stats import (attainable_tau, bootstrap, difference_interval, icc1, kendall_tau, mean,
                                 mean_difference_interval, percentile, percentile_interval, pooled_seed_variance,
                                 reliability_from_tau, resample, seed_to_seed_interval, seed_to_seed_tau,
                                 tau_interval)

@@ -12,7 +12,7 @@ accuracy they reach trained alone from scratch.
    (one per CPU core, or one per GPU), kept by what they are (reproduction/stand_alone.py): a rerun skips finished
    runs, resumes interrupted ones and trains anew what changed;
 4. Kendall tau and Spearman rho between supernet score and stand-alone accuracy (mean over seeds), the tau's
-   interval carrying the seed noise (reproduction/stats.py); the seed-to-seed tau of the stand-alone runs and the
+   interval carrying the seed noise (spos/stats.py); the seed-to-seed tau of the stand-alone runs and the
    tau a perfect predictor attains against the seed means (the ceiling for the supernet's); top-k overlap.
 
 Writes to --output-dir: runs.csv (every run), ranking.png (supernet score against stand-alone accuracy, error
@@ -26,7 +26,7 @@ import sys
 import time
 
 from reproduction.stand_alone import plan_runs, prepare, run_locally
-from reproduction.stats import (attainable_tau, bootstrap_interval, kendall_tau, pooled_seed_variance,
+from spos.stats import (attainable_tau, bootstrap_interval, kendall_tau, pooled_seed_variance,
                                 reliability_from_tau, seed_to_seed_interval, seed_to_seed_tau, spearman_rho,
                                 tau_interval, top_k_overlap)
 from reproduction.supernet_scores import supernet_scores

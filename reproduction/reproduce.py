@@ -41,7 +41,7 @@ from dataloader import HOLDOUT_LIST, ImageFolderLoader
 from reproduction import stand_alone
 from reproduction.architectures import best_candidates, choose
 from reproduction.comparison import plot, statistics, std
-from reproduction.stats import mean
+from spos.stats import mean
 from reproduction.supernet_scores import supernet_scores
 from spos.architecture import format_choices
 from spos.files import sole_writer, write_text
@@ -253,7 +253,8 @@ def reproduce(args):
         ["architecture", "role", "genes", "FLOPs", "params", "supernet (before recalibration)",
          "stand-alone mean ± std", "seeds"],
         [[row["name"], row["role"], format_choices(row["genes"]), f"{row['flops'] / 1e6:.1f}M",
-          f"{row['params'] / 1e6:.2f}M", score_text(row), f"{100 * mean(row['runs']):.2f} ± {100 * std(row['runs']):.2f} %",
+          f"{row['params'] / 1e6:.2f}M", score_text(row),
+          f"{100 * mean(row['runs']):.2f} ± {100 * std(row['runs']):.2f} %",
           " ".join(f"{100 * v:.2f}" for v in row["runs"])] for row in table])
     data_name = os.path.basename(os.path.normpath(args.imagenet_dir))
     plot(os.path.join(args.output_dir, "comparison.png"), table, band,

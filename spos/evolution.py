@@ -1,13 +1,15 @@
-"""Megvii's evolution search (Search/search.py of megvii-model/SinglePathOneShot) under a FLOPs limit, with
-no NNI: the candidates, their legality, mutation, crossover, selection and the random state. The NNI tuner
+"""Megvii's evolution search (Search/search.py of megvii-model/SinglePathOneShot) under a FLOPs limit and, with a
+latency table of the user's machine (spos/latency.py), a latency limit, with no NNI: the candidates, their legality,
+mutation, crossover, selection and the random state. The NNI tuner
 (tuner.py) and the in-process search (spos/search.py) drive it the same way: take ``open_candidates()``,
 score them in any order, ``record`` each outcome, ``advance()``.
 
 Round 1 is ``num_population`` random candidates; every later round is ``num_mutation`` mutants (each gene
 resampled with probability ``m_prob``) and ``num_crossover`` crosses (each gene from one of two parents) of
 parents drawn from the best ``num_select`` candidates seen so far in all rounds, refilled with random
-candidates up to ``num_population``. A candidate is legal when it was never generated before and its FLOPs
-(224x224 input, 1,000 classes, as the paper's limit) are at most ``flops_limit``. A round closes when every
+candidates up to ``num_population``. A candidate is legal when it was never generated before, its FLOPs (224x224
+input, 1,000 classes, as the paper's limit) are at most ``flops_limit`` and its latency, as ``latency_table``
+predicts it, at most ``latency_limit`` (each when given). A round closes when every
 one of its candidates has an outcome; the search finishes after ``max_epochs`` rounds.
 """
 import itertools
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from network import NUM_LAYERS, PAPER_INPUT_SIZE, paper_flops
 from spos.architecture import format_choices
+from spos.latency import least_latency, load_table, predict
 from spos.search_space import parse_search_space
 from spos.search_state import OUTCOMES, genes_as_fields, genes_of
 
@@ -35,7 +38,13 @@ class EvolutionSettings:
     num_crossover: int = field(default=25, metadata={"help": "crosses of two parents a round"})
     m_prob: float = field(default=0.1, metadata={"help": "probability that a mutant's gene is drawn again"})
     flops_limit: float = field(default=330e6, metadata={"help": "most FLOPs a candidate may have, at 224x224 and "
-                                                                "1,000 classes whatever the data (the paper's units)"})
+                                                                "1,000 classes whatever the data (the paper's units); "
+                                                                "null in a config: no FLOPs limit"})
+    latency_limit: float = field(default=None, metadata={"help": "most latency (ms) a candidate may have, as "
+                                                                 "--latency-table predicts it on its machine and "
+                                                                 "settings (default: no latency limit)"})
+    latency_table: str = field(default=None, metadata={"help": "the latency table (python -m spos.latency build) "
+                                                               "that predicts each candidate's latency"})
     seed: int = field(default=42, metadata={"help": "fixes the whole search: the same seed and results give the "
                                                     "same candidates"})
     max_attempts: int = field(default=None, metadata={"help": "random draws a round may take before it gives up on "
@@ -54,14 +63,19 @@ class EvolutionSettings:
                              f"exceed num_population ({self.num_population})")
         try:  # YAML reads 330e6 as text
             object.__setattr__(self, "m_prob", float(self.m_prob))
-            object.__setattr__(self, "flops_limit", float(self.flops_limit))
+            for name in ("flops_limit", "latency_limit"):
+                if getattr(self, name) is not None:
+                    object.__setattr__(self, name, float(getattr(self, name)))
         except (TypeError, ValueError):
-            raise ValueError(f"m_prob and flops_limit must be numbers, got {self.m_prob!r} and "
-                             f"{self.flops_limit!r}") from None
+            raise ValueError(f"m_prob, flops_limit and latency_limit must be numbers, got {self.m_prob!r}, "
+                             f"{self.flops_limit!r} and {self.latency_limit!r}") from None
         if not 0.0 <= self.m_prob <= 1.0:
             raise ValueError(f"m_prob must be in [0, 1], got {self.m_prob}")
-        if not self.flops_limit > 0:
-            raise ValueError(f"flops_limit must be positive, got {self.flops_limit}")
+        for name in ("flops_limit", "latency_limit"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if (self.latency_limit is None) != (self.latency_table is None):
+            raise ValueError("latency_limit and latency_table go together: the table predicts what the limit bounds")
         if self.max_attempts is None:
             object.__setattr__(self, "max_attempts", 100 * self.num_population)
         _positive_int("max_attempts", self.max_attempts)
@@ -93,26 +107,43 @@ class Evolution:
         self.history = {}  # candidate -> record, in the order generated (no duplicates, ever)
         self.ranking = []  # candidates with an accuracy, best first (ties: the earlier generated first)
         self._flops = {}
+        self.latency = None if self.settings.latency_table is None else load_table(self.settings.latency_table)
 
     def set_search_space(self, search_space):
-        """The blocks each layer may take, from ss_gen's space (spos/search_space.py; a ValueError if it is not)."""
+        """The blocks each layer may take, from ss_gen's space (spos/search_space.py; a ValueError if it is not, or
+        if the latency table has no widths and the space does)."""
         self.choices = parse_search_space(search_space)
+        if self.latency is not None and len(self.choices) > NUM_LAYERS and not self.latency["settings"][
+                "channel_search"]:
+            raise ValueError(f"{self.settings.latency_table}: measured without --channel-search, and the search "
+                             f"space has channel choices: build a table with --channel-search")
 
     def describe(self):
-        return (f"SPOS evolution: {self.settings.max_epochs} rounds of {self.settings.num_population} candidates ({self.settings.num_mutation} "
-                f"mutation, {self.settings.num_crossover} crossover, the rest random; parents from the best {self.settings.num_select} "
-                f"so far), m_prob {self.settings.m_prob:g}, FLOPs <= {self.settings.flops_limit / 1e6:.1f}M at {PAPER_INPUT_SIZE}x"
-                f"{PAPER_INPUT_SIZE}, seed {self.settings.seed}")
+        s = self.settings
+        limits = [f"FLOPs <= {s.flops_limit / 1e6:.1f}M at {PAPER_INPUT_SIZE}x{PAPER_INPUT_SIZE}"
+                  if s.flops_limit is not None else "no FLOPs limit"]
+        if s.latency_limit is not None:
+            table = self.latency["settings"]
+            limits.append(f"latency <= {s.latency_limit:g} ms as {s.latency_table} predicts it ({table['backend']}, "
+                          f"{table['input_size']}x{table['input_size']}, batch {table['batch_size']}, "
+                          f"{table['threads']} thread(s))")
+        return (f"SPOS evolution: {s.max_epochs} rounds of {s.num_population} candidates ({s.num_mutation} mutation, "
+                f"{s.num_crossover} crossover, the rest random; parents from the best {s.num_select} so far), m_prob "
+                f"{s.m_prob:g}, {', '.join(limits)}, seed {s.seed}")
 
     # the rounds
 
     def start(self):
-        """Round 1, or the end of the search when no candidate can meet the limit."""
-        smallest = self.min_flops()
-        if smallest > self.settings.flops_limit:
-            self._finish(f"flops_limit {self.settings.flops_limit:.4g} is below the smallest candidate of the search space "
-                         f"({smallest / 1e6:.1f}M FLOPs at {PAPER_INPUT_SIZE}x{PAPER_INPUT_SIZE}): no candidate is "
-                         f"legal, nothing to search; raise flops_limit", error=True)
+        """Round 1, or the end of the search when no candidate can meet a limit."""
+        if self.settings.flops_limit is not None and self.min_flops() > self.settings.flops_limit:
+            self._finish(f"flops_limit {self.settings.flops_limit:.4g} is below the smallest candidate of the search "
+                         f"space ({self.min_flops() / 1e6:.1f}M FLOPs at {PAPER_INPUT_SIZE}x{PAPER_INPUT_SIZE}): no "
+                         f"candidate is legal, nothing to search; raise flops_limit", error=True)
+        elif self.latency is not None and least_latency(self.latency, self.choices) > self.settings.latency_limit:
+            self._finish(f"latency_limit {self.settings.latency_limit:g} ms is below the fastest candidate of the "
+                         f"search space ({least_latency(self.latency, self.choices):.3f} ms as "
+                         f"{self.settings.latency_table} predicts it): no candidate is legal, nothing to search; raise "
+                         f"latency_limit", error=True)
         else:
             self._start_round()
 
@@ -162,12 +193,13 @@ class Evolution:
         self.round += 1
         population = self.next_population()
         if not population:
-            self._finish(f"round {self.round}: no legal candidate left to evaluate (flops_limit {self.settings.flops_limit:.4g}"
-                         f", {len(self.history)} candidates seen)", error=True)
+            self._finish(f"round {self.round}: no legal candidate left to evaluate ({self.limits()}, "
+                         f"{len(self.history)} candidates seen)", error=True)
             return
         origins = [self.history[c]["origin"] for c in population]
-        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)", self.round, self.settings.max_epochs,
-                    len(population), origins.count("mutation"), origins.count("crossover"), origins.count("random"))
+        logger.info("round %d/%d: %d candidates (%d mutation, %d crossover, %d random)", self.round,
+                    self.settings.max_epochs, len(population), origins.count("mutation"), origins.count("crossover"),
+                    origins.count("random"))
 
     def _finish(self, message, error=False):
         self.finished = True
@@ -197,8 +229,23 @@ class Evolution:
             total += min(costs) - self.flops(base)
         return total
 
+    def limits(self):
+        """The limits a candidate must meet, as text: "flops_limit 3.3e+08, latency_limit 12 ms"."""
+        s, limits = self.settings, []
+        if s.flops_limit is not None:
+            limits.append(f"flops_limit {s.flops_limit:.4g}")
+        if s.latency_limit is not None:
+            limits.append(f"latency_limit {s.latency_limit:g} ms")
+        return ", ".join(limits) or "no limit"
+
+    def predicted_latency(self, candidate):
+        """The latency table's prediction for ``candidate`` (ms), or None without a table."""
+        return None if self.latency is None else predict(self.latency, candidate)
+
     def is_legal(self, candidate):
-        return candidate not in self.history and self.flops(candidate) <= self.settings.flops_limit
+        s = self.settings
+        return (candidate not in self.history and (s.flops_limit is None or self.flops(candidate) <= s.flops_limit)
+                and (s.latency_limit is None or self.predicted_latency(candidate) <= s.latency_limit))
 
     def random_candidate(self):
         return tuple(self.rng.choice(allowed) for allowed in self.choices)
@@ -226,6 +273,7 @@ class Evolution:
                 candidate = make()
                 if self.is_legal(candidate):
                     self.history[candidate] = {"round": self.round, "origin": origin, "flops": self.flops(candidate),
+                                               "latency_ms": self.predicted_latency(candidate),
                                                "order": len(self.history), "status": "queued", "accuracy": None,
                                                "accuracy_before_recalibration": None, "parameter_id": None,
                                                "trial_job_id": "", "result_delay_s": None}
@@ -235,7 +283,8 @@ class Evolution:
 
         parents = self.parents()
         if parents:
-            fill(self.settings.num_mutation, 10 * self.settings.num_mutation, lambda: self.mutate(self.rng.choice(parents)), "mutation")
+            fill(self.settings.num_mutation, 10 * self.settings.num_mutation,
+                 lambda: self.mutate(self.rng.choice(parents)), "mutation")
             fill(self.settings.num_crossover, 10 * self.settings.num_crossover,
                  lambda: self.crossover(self.rng.choice(parents), self.rng.choice(parents)), "crossover")
         elif self.round > 1:
@@ -243,8 +292,8 @@ class Evolution:
         wanted = self.settings.num_population - len(population)
         found = fill(wanted, self.settings.max_attempts, self.random_candidate, "random")
         if found < wanted:
-            logger.warning("round %d: found only %d of %d random candidates in %d draws: flops_limit %.4g leaves "
-                           "few legal candidates", self.round, found, wanted, self.settings.max_attempts, self.settings.flops_limit)
+            logger.warning("round %d: found only %d of %d random candidates in %d draws: %s leave few legal "
+                           "candidates", self.round, found, wanted, self.settings.max_attempts, self.limits())
         return population
 
     def _rank_key(self, candidate):

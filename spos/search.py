@@ -31,6 +31,7 @@ from spos.evolution import Evolution, EvolutionSettings
 from spos.files import write_text
 from spos.hardware import compute_dtype, get_device
 from spos.options import DEFAULT_SEED, add_scoring_arguments, parse_args_with_recipe
+from spos.processes import die_with_parent
 from spos.scoring import evaluate_candidate, load_supernet, resolve_scoring_arguments, scoring_identity
 from spos.scoring_data import load_scoring_data, log_scoring_data
 from spos.search_space import search_space
@@ -52,7 +53,7 @@ def parse_args(argv=None):
     for setting in fields(EvolutionSettings):
         if setting.name != "seed":  # --seed, of the scoring flags
             group.add_argument(f"--{setting.name.replace('_', '-')}", default=None, help=setting.metadata["help"],
-                               type=float if setting.type is float else int)
+                               type=setting.type)
     group = parser.add_argument_group("search run")
     group.add_argument("--output-dir", default="./search_output",
                        help="the search's files go to <output-dir>/checkpoints")
@@ -231,6 +232,7 @@ _scorer = {}
 def _start_scorer(args, cache_dir, device, threads):
     """Set up a worker process to score candidates. The supernet and the data (from the cache the search
     process writes) are loaded at the first candidate, when that cache is sure to be there."""
+    die_with_parent()  # a search killed takes its workers with it
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # see tester.py
     setup_logging(quiet=True)

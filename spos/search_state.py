@@ -33,8 +33,9 @@ TABLE_FILE = "candidates.csv"
 STATE_FILE = "search_state.json"
 BEST_FILE = "architecture_final.json"
 # choices: the 20 blocks; scales: the 20 scale indices of a block + channel search (empty in block search)
-TABLE_COLUMNS = ("round", "parameter_id", "origin", "choices", "scales", "flops", "accuracy_before_recalibration",
-                 "accuracy", "status", "trial_job_id")
+# latency_ms: the latency table's prediction, when the search has a latency limit (empty otherwise)
+TABLE_COLUMNS = ("round", "parameter_id", "origin", "choices", "scales", "flops", "latency_ms",
+                 "accuracy_before_recalibration", "accuracy", "status", "trial_job_id")
 STATE_FORMAT = 1
 # a candidate's final outcome: it gets its row in candidates.csv (until then its status says what it waits for)
 OUTCOMES = ("succeeded", "failed", "bad result", "no result")
@@ -74,7 +75,7 @@ def save_search(checkpoint_dir, state):
         if record["status"] in OUTCOMES:
             writer.writerow([record["round"], record["parameter_id"], record["origin"],
                              " ".join(map(str, record["choices"])), " ".join(map(str, record.get("scales", ()))),
-                             record["flops"],
+                             record["flops"], _number(record.get("latency_ms")),
                              _number(record["accuracy_before_recalibration"]), _number(record["accuracy"]),
                              record["status"], record["trial_job_id"]])
     write_text(os.path.join(checkpoint_dir, TABLE_FILE), table.getvalue())
@@ -97,7 +98,8 @@ def summarize_state(state):
     best = None
     if scored:  # the first generated among the most accurate, as the search ranks them
         top = max(scored, key=lambda r: r["accuracy"])
-        best = {key: top[key] for key in ("choices", "scales", "accuracy", "flops", "round") if key in top}
+        best = {key: top[key] for key in ("choices", "scales", "accuracy", "flops", "latency_ms", "round")
+                if key in top}
     return {"candidates": len(history), "candidates_done": len(done), "candidates_scored": len(scored),
             "candidates_failed": len(done) - len(scored), "rounds": rounds, "best": best}
 
@@ -188,6 +190,7 @@ def read_table(path):
     for line, row in enumerate(rows, start=2):
         try:
             table.append({**row, "round": int(row["round"]), "flops": float(row["flops"]),
+                          "latency_ms": _optional_float(row.get("latency_ms")),
                           "accuracy": _optional_float(row["accuracy"]),
                           "before": _optional_float(row.get("accuracy_before_recalibration"))})
         except (TypeError, ValueError):

@@ -127,8 +127,8 @@ def start_run(args, context, model, loaders, identity, lr_decay="linear", genera
                 learning_rate, args.learning_rate, args.reference_batch_size, args.batch_size, lr_decay)
     optimizer = make_optimizer(model, learning_rate, args.momentum, args.weight_decay)
     optimisation = Optimisation(
-        learning_rate=learning_rate, criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer=optimizer,
-        scheduler=make_lr_scheduler(optimizer, args.epochs * len(train_loader), lr_decay),
+        learning_rate=learning_rate, criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        optimizer=optimizer, scheduler=make_lr_scheduler(optimizer, args.epochs * len(train_loader), lr_decay),
         autocast_dtype=compute_dtype(args.precision, context.device))
     identity = {"dataset": describe_dataset(train_loader), "--batch-size": args.batch_size,
                 "--small-input": args.small_input, **identity}

@@ -72,8 +72,8 @@ def demo_run(tmp_path_factory):
     from spos.nni_experiment import free_port
 
     output_dir, port = tmp_path_factory.mktemp("demo") / "out", free_port()
-    done = subprocess.run(demo_command(output_dir, port, "--supernet-epochs", "1", "--supernet-warm-start-steps", "100"),
-                          cwd=REPO, env=venv_env(), capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+    command = demo_command(output_dir, port, "--supernet-epochs", "1", "--supernet-warm-start-steps", "100")
+    done = subprocess.run(command, cwd=REPO, env=venv_env(), capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return output_dir, port, done
 

@@ -232,3 +232,44 @@ def test_min_flops_of_a_block_and_channel_space_tries_each_layers_pairs():
     narrowed = make_evolution(space, flops_limit=1e12)
     assert narrowed.min_flops() == paper_flops((3,) * 20 + (7,) * 20)
     assert all(c == (3,) * 20 + (7,) * 20 for c in narrowed.open_candidates())
+
+
+def latency_table_file(tmp_path, channel_search=False):
+    from test_latency import synthetic_table
+
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(synthetic_table(channel_search)))
+    return str(path)
+
+
+def test_under_a_latency_limit_every_candidate_is_predicted_under_it(tmp_path):
+    """A latency limit alone (no FLOPs limit) or with one: every candidate generated is under each, its predicted
+    latency kept in its record; the search still finds candidates of every round."""
+    from spos import latency
+
+    table_path = latency_table_file(tmp_path)
+    table = latency.load_table(table_path)
+    fastest, slowest = latency.predict(table, (0,) * 20), latency.predict(table, (3,) * 20)
+    limit = fastest + 0.3 * (slowest - fastest)
+    for flops_limit in (None, 330e6):
+        evolution = make_evolution(flops_limit=flops_limit, latency_limit=limit, latency_table=table_path)
+        scored, _ = run(evolution)
+        assert evolution.finished and evolution.error is None and len(scored) == 24
+        assert all(r["latency_ms"] == pytest.approx(latency.predict(table, c)) and r["latency_ms"] <= limit
+                   for c, r in evolution.history.items())
+        if flops_limit:
+            assert all(r["flops"] <= flops_limit for r in evolution.history.values())
+    assert "latency <= " in evolution.describe() and table_path in evolution.describe()
+
+
+def test_a_latency_limit_nothing_meets_or_a_table_without_the_spaces_widths_is_refused(tmp_path, caplog):
+    table_path = latency_table_file(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="spos.evolution"):
+        evolution = make_evolution(latency_limit=1.0, latency_table=table_path)
+    assert evolution.finished and "latency_limit 1 ms is below the fastest candidate of the search space" in \
+        caplog.text
+    with pytest.raises(ValueError, match="measured without --channel-search, and the search space has channel "
+                                         "choices"):
+        make_evolution(search_space(channel_search=True), latency_limit=100.0, latency_table=table_path)
+    with pytest.raises(ValueError, match="latency_limit and latency_table go together"):
+        Evolution(latency_limit=10.0)

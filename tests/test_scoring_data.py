@@ -13,8 +13,8 @@ NUM_VAL = 300
 
 
 def _scoring(root, cache_dir, backend="torch"):
-    return scoring_data.scoring_batches(str(root), train_batch_size=64, train_iters=3, test_batch_size=128, input_size=32,
-                                      workers=1, backend=backend, seed=7, cache_dir=cache_dir)
+    return scoring_data.scoring_batches(str(root), train_batch_size=64, train_iters=3, test_batch_size=128,
+                                        input_size=32, workers=1, backend=backend, seed=7, cache_dir=cache_dir)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -38,8 +38,8 @@ def test_scoring_batches_are_decoded_once_and_reloaded_from_the_cache(digits_dir
 def test_scoring_cache_follows_the_dataset_and_settings(digits_copy, tmp_path, spos_warnings):
     cache = tmp_path / "cache"
     _scoring(digits_copy, str(cache))
-    scoring_data.scoring_batches(str(digits_copy), train_batch_size=32, train_iters=3, test_batch_size=128, input_size=32,
-                               workers=1, backend="torch", seed=7, cache_dir=str(cache))
+    scoring_data.scoring_batches(str(digits_copy), train_batch_size=32, train_iters=3, test_batch_size=128,
+                                 input_size=32, workers=1, backend="torch", seed=7, cache_dir=str(cache))
     assert len(list(cache.iterdir())) == 2  # another batch size is another file
     os.remove(sorted((digits_copy / "val" / "3").iterdir())[0])
     _, val, _, source = _scoring(digits_copy, str(cache))

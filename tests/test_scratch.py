@@ -86,7 +86,8 @@ def test_released_block_and_channel_network_size():
     from network import architecture_flops, architecture_net, count_parameters
 
     genes = tuple(MEGVII_BLOCKS + MEGVII_SCALE_IDS)
-    assert architecture_flops(genes, 224, 1000) == 327_857_920 and count_parameters(architecture_net(genes)) == 3_432_579
+    assert architecture_flops(genes, 224, 1000) == 327_857_920
+    assert count_parameters(architecture_net(genes)) == 3_432_579
 
 
 def test_architecture_final_json_is_megvii_architecture():

@@ -8,8 +8,10 @@ digits (a supernet checkpoint, tester.py trials that exit right after reporting,
 Each experiment gets a free port and a temporary experimentWorkingDirectory, and is always stopped, by its id."""
 import csv
 import os
+import random
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +29,8 @@ from spos.search_space import write_search_space
 from spos.search_state import EXPORT_DIR, TABLE_FILE
 from tuner import EvolutionWithFlops
 
-CONFIGS = ["config_search.yml", "config_search_cpu.yml", "config_search_nni_evolution.yml", "config_search_remote.yml"]
+CONFIGS = ["config_search.yml", "config_search_cpu.yml", "config_search_nni_evolution.yml", "config_search_remote.yml",
+           "config_search_latency.yml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -55,6 +58,15 @@ def test_configs_load_as_nnictl_create_loads_them(name, tmp_path):
         assert args["population_size"] == cpu_args["num_population"]
         return
     assert config["tuner"]["className"] == "tuner.EvolutionWithFlops"
+    if name == "config_search_latency.yml":  # the table it names is the user's to build: a stand-in here
+        from test_evolution import latency_table_file
+
+        cpu = yaml.safe_load(open(os.path.join(REPO, "config_search_cpu.yml")))
+        assert config["trialCommand"] == cpu["trialCommand"]
+        assert args["flops_limit"] is None and args["latency_limit"] > 0
+        tuner = EvolutionWithFlops(**{**args, "latency_table": latency_table_file(tmp_path)})
+        assert tuner.evolution.settings.latency_limit == args["latency_limit"]
+        return
     tuner = EvolutionWithFlops(**args)  # the class arguments are ones the tuner takes
     assert tuner.evolution.settings.flops_limit == 330e6
     assert "maxTrialNumber" not in config  # the tuner ends the search; a resumed one may need a few more trials
@@ -171,6 +183,39 @@ def test_nnis_regularized_evolution_runs_the_same_trials(digits_dir, tmp_path):
     finally:
         stopped = nnictl("stop", experiment_id)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def test_an_nnictl_search_under_a_latency_limit_scores_only_candidates_under_it(digits_dir, tmp_path):
+    """config_search_latency.yml's tuner arguments with a table of this machine (32x32, batch 1, one thread; built
+    here with few repeats), the limit at the median prediction of random architectures: every candidate NNI scored
+    is predicted under it, its prediction in the table."""
+    from network import random_architecture
+    from spos import latency
+
+    table_path = tmp_path / "latency.json"
+    latency.main(["build", "--input-size", "32", "--n-classes", "10", "--warmup", "2", "--repeats", "5", "--output",
+                  str(table_path)])
+    table = latency.load_table(str(table_path))
+    rng = random.Random(0)
+    limit = statistics.median(latency.predict(table, random_architecture(rng)) for _ in range(200))
+    rounds, population = 2, 4
+    config = digits_config(tmp_path, digits_dir, "config_search_latency.yml", max_epochs=rounds,
+                           num_population=population, num_select=2, num_mutation=1, num_crossover=1,
+                           latency_limit=limit, latency_table=str(table_path))
+    experiment_id, port = start("create", "--config", str(config))
+    search = Search(tmp_path / "experiments", experiment_id, port)
+    try:
+        state = search.wait(lambda s: s["finished"])
+        assert state["error"] is None and state["settings"]["flops_limit"] is None
+        rows = search.rows()
+        assert len(rows) == rounds * population and all(r["status"] == "succeeded" for r in rows)
+        for row in rows:
+            genes = tuple(map(int, row["choices"].split()))
+            assert float(row["latency_ms"]) == pytest.approx(latency.predict(table, genes), abs=1e-5)
+            assert float(row["latency_ms"]) <= limit
+        assert state["best"]["latency_ms"] <= limit
+    finally:
+        nnictl("stop", experiment_id)
 
 
 SSHD = "/usr/sbin/sshd"

@@ -1,4 +1,4 @@
-"""reproduction/stats.py: tau, rho and top-k against scipy on fixed data; the seed-to-seed tau, percentiles and
+"""spos/stats.py: tau, rho and top-k against scipy on fixed data; the seed-to-seed tau, percentiles and
 differences with their bootstrap intervals."""
 import math
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 from scipy import stats
 
-from reproduction import stats as ranking
+from spos import stats as ranking
 
 PAIRS = [
     ([0.91, 0.95, 0.93, 0.97, 0.90, 0.96], [0.93, 0.96, 0.92, 0.98, 0.94, 0.95]),

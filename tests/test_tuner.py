@@ -609,3 +609,25 @@ def test_a_block_and_channel_search_hands_out_both_genes_and_resumes_with_them(t
     resumed = make(tmp_path / "search", resume=True)
     drive(resumed, seed=3)
     assert rows_without_ids(tmp_path / "search") == rows_without_ids(tmp_path / "reference")
+
+
+def test_a_round_under_a_latency_limit_hands_out_only_candidates_under_it(tmp_path):
+    """The latency limit and table as the tuner's class arguments: what it hands NNI is under the limit as the
+    table predicts it, and candidates.csv and search_state.json carry each prediction."""
+    from test_evolution import latency_table_file
+
+    from spos import latency
+
+    table_path = latency_table_file(tmp_path)
+    table = latency.load_table(table_path)
+    limit = latency.predict(table, (0,) * 20) + 0.3 * (latency.predict(table, (3,) * 20)
+                                                       - latency.predict(table, (0,) * 20))
+    tuner = make_tuner(tmp_path / "search", max_epochs=2, latency_limit=limit, latency_table=table_path)
+    handed, _ = drive(tuner)
+    assert tuner.evolution.finished and len(handed) == 16
+    assert all(latency.predict(table, candidate) <= limit for _, candidate in handed)
+    rows = read_rows(tmp_path / "search")
+    assert all(float(r["latency_ms"]) == pytest.approx(latency.predict(table, tuple(map(int, r["choices"].split()))),
+                                                        abs=1e-5) for r in rows)
+    state = read_search_state(tmp_path / "search")
+    assert state["settings"]["latency_limit"] == limit and state["best"]["latency_ms"] <= limit

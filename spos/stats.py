@@ -1,6 +1,7 @@
-"""The statistics of the reproduction (rank.py, reproduce.py), in plain Python (tested against scipy's where scipy
-has them): Kendall tau, Spearman rho, top-k overlap, the seed-to-seed tau of stand-alone runs, an architecture's
-percentile among others, with bootstrap intervals (over the architectures, and over each one's seeds)."""
+"""Statistics in plain Python (tested against scipy's where scipy has them): Kendall tau, Spearman rho, top-k
+overlap; for the reproduction (reproduction/), the seed-to-seed tau of stand-alone runs, the reliability of their
+means and the tau a perfect predictor attains against them, an architecture's percentile among others, and intervals
+that carry the seed noise (a parametric bootstrap); Kendall tau for the latency table's check too."""
 import math
 import random
 
