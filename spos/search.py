@@ -190,7 +190,7 @@ def _start_pool(args, cache_dir, device, workers):
     threads = max(1, torch.get_num_threads() // workers)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=_start_scorer,
-                                                  initargs=(args, cache_dir, device, threads))
+                                                  initargs=(args, cache_dir, device, threads, os.getpid()))
     for _ in range(workers):  # start them now, not at the first candidate
         pool.submit(os.getpid)
     logger.info("scoring with %d worker processes of %d thread(s) each", workers, threads)
@@ -229,10 +229,10 @@ def _run_evolution(evolution, checkpoint_dir, kept, pool):
 _scorer = {}
 
 
-def _start_scorer(args, cache_dir, device, threads):
+def _start_scorer(args, cache_dir, device, threads, search_pid):
     """Set up a worker process to score candidates. The supernet and the data (from the cache the search
     process writes) are loaded at the first candidate, when that cache is sure to be there."""
-    die_with_parent()  # a search killed takes its workers with it
+    die_with_parent(search_pid)  # a search killed (while its workers start too) takes its workers with it
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # see tester.py
     setup_logging(quiet=True)
