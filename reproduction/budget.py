@@ -18,12 +18,12 @@ import time
 from reproduction.architectures import RANDOM
 from reproduction.comparison import interval, number, std
 from reproduction.stand_alone import plan_runs, prepare, run_locally
-from spos.stats import (attainable_tau, kendall_tau, mean, mean_reliability, means_tau_interval,
-                                pooled_seed_variance, reliability_from_tau, seed_to_seed_interval, seed_to_seed_tau)
 from spos.architecture import format_choices
 from spos.options import PROJECT_DIR, parse_args_with_recipe
 from spos.report import emit, markdown_table
 from spos.scoring import random_legal_paths
+from spos.stats import (attainable_tau, kendall_tau, mean, mean_reliability, means_tau_interval, pooled_seed_variance,
+                        reliability_from_tau, seed_to_seed_interval, seed_to_seed_tau)
 from utils import UserError, run_main
 
 

@@ -11,9 +11,8 @@ import math
 
 from reproduction.architectures import ONE_CHOICE_NAMES, RANDOM
 from spos.stats import (attainable_tau, bootstrap, difference_interval, icc1, kendall_tau, mean,
-                                mean_difference_interval, percentile, percentile_interval, pooled_seed_variance,
-                                reliability_from_tau, resample, seed_to_seed_interval, seed_to_seed_tau,
-                                tau_interval)
+                        mean_difference_interval, percentile, percentile_interval, pooled_seed_variance,
+                        reliability_from_tau, resample, seed_to_seed_interval, seed_to_seed_tau, tau_interval)
 
 
 def statistics(table):

@@ -26,13 +26,12 @@ import sys
 import time
 
 from reproduction.stand_alone import plan_runs, prepare, run_locally
-from spos.stats import (attainable_tau, bootstrap_interval, kendall_tau, pooled_seed_variance,
-                                reliability_from_tau, seed_to_seed_interval, seed_to_seed_tau, spearman_rho,
-                                tau_interval, top_k_overlap)
 from reproduction.supernet_scores import supernet_scores
 from spos.architecture import load_architecture
 from spos.options import PROJECT_DIR, parse_args_with_recipe
 from spos.report import emit, markdown_table
+from spos.stats import (attainable_tau, bootstrap_interval, kendall_tau, pooled_seed_variance, reliability_from_tau,
+                        seed_to_seed_interval, seed_to_seed_tau, spearman_rho, tau_interval, top_k_overlap)
 from utils import UserError, run_main
 
 

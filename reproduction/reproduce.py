@@ -41,13 +41,13 @@ from dataloader import HOLDOUT_LIST, ImageFolderLoader
 from reproduction import stand_alone
 from reproduction.architectures import best_candidates, choose
 from reproduction.comparison import plot, statistics, std
-from spos.stats import mean
 from reproduction.supernet_scores import supernet_scores
 from spos.architecture import format_choices
 from spos.files import sole_writer, write_text
 from spos.options import PROJECT_DIR, parse_args_with_recipe, project_file
 from spos.processes import run_child
 from spos.report import emit, markdown_table
+from spos.stats import mean
 from utils import UserError, run_main, save_args
 
 

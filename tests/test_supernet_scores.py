@@ -1,4 +1,5 @@
-"""reproduction/supernet_scores.py: each score kept as soon as it is known, for its checkpoint, split and settings only."""
+"""reproduction/supernet_scores.py: each score kept as soon as it is known, for its checkpoint, split and settings
+only."""
 import argparse
 import os
 import shutil
@@ -7,8 +8,8 @@ from reproduction import rank
 from reproduction.supernet_scores import supernet_scores
 
 
-def test_supernet_scores_are_kept_one_by_one_and_only_for_their_checkpoint_and_split(small_digits, digits_checkpoint, tmp_path,
-                                                                            capsys):
+def test_supernet_scores_are_kept_one_by_one_and_only_for_their_checkpoint_and_split(small_digits, digits_checkpoint,
+                                                                                      tmp_path, capsys):
     """Each score is written as soon as it is known, so a rerun (after a kill between two scores too) scores only
     what it lacks; scores of another checkpoint or another held-out split are not reused."""
     checkpoint = shutil.copy(digits_checkpoint, tmp_path / "epoch_1.pth.tar")
