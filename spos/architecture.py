@@ -5,7 +5,7 @@ Megvii's released lists {"architecture": [20 blocks], "scale_ids": [20 indices]}
 scales]); it is read as 40 genes, the 20 blocks then the 20 scale indices (network.split_architecture)."""
 import json
 
-from spos.files import write_text
+from spos.files import read_json, write_text
 from utils import UserError
 
 
@@ -114,18 +114,7 @@ def format_choices(genes):
 
 def load_architecture(path):
     """Read and check an architecture file (see ``parse_architecture``)."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the architecture file ({e.strerror or e})") from None
-    if not text.strip():
-        raise UserError(f"{path}: the architecture file is empty")
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    return parse_architecture(data, path)
+    return parse_architecture(read_json(path, "the architecture file"), path)
 
 
 def architecture_to_json(genes):

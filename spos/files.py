@@ -6,6 +6,7 @@ most a temporary file, named ``.tmp-<random>-<name>``, which ``remove_interrupte
 import contextlib
 import fcntl
 import glob
+import json
 import logging
 import os
 import tempfile
@@ -78,3 +79,19 @@ def sole_writer(folder, what):
         yield
     finally:
         lock.close()
+
+
+def read_json(path, what):
+    """The JSON in ``path``; a file that cannot be read or is not JSON is one UserError naming it and ``what`` it
+    should be (e.g. "the search state")."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    if not text.strip():
+        raise UserError(f"{path}: {what} is empty")
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None

@@ -26,7 +26,7 @@ import time
 from network import (CHANNEL_SCALES, NUM_CHOICES, NUM_LAYERS, UNSCALED, layer_specs, random_architecture,
                      scaled_mid_channels, split_architecture)
 from spos.architecture import format_choices
-from spos.files import write_text
+from spos.files import read_json, write_text
 from spos.stats import kendall_tau
 from utils import UserError, run_main
 
@@ -172,13 +172,7 @@ def machine(settings):
 def load_table(path, **expected):
     """A table written by ``build``; each ``expected`` setting (see SETTINGS) must be the table's, else one
     UserError naming the file and the setting."""
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the latency table ({e.strerror or e})") from None
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    table = read_json(path, "the latency table")
     if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT or set(SETTINGS) - set(
             table.get("settings") or {}):
         raise UserError(f"{path}: not a latency table of format {TABLE_FORMAT} (write one with python -m spos.latency "

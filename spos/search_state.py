@@ -23,7 +23,7 @@ import os
 import time
 
 from spos.architecture import NUM_LAYERS, write_architecture
-from spos.files import write_text
+from spos.files import read_json, write_text
 from utils import UserError
 
 logger = logging.getLogger("spos.search_state")
@@ -151,13 +151,7 @@ def find_search_dir(path):
 
 def read_state(path):
     """search_state.json as a dict; a missing, unreadable or foreign file is a UserError naming it."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the search state ({e.strerror or e})") from None
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    state = read_json(path, "the search state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise UserError(f"{path}: not a search state of format {STATE_FORMAT} (found {found!r})")
