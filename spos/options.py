@@ -132,9 +132,14 @@ def parse_args_with_recipe(parser, argv, script):
             raise UserError(f"{path}: {script}: {key!r} is not a flag a recipe can set (one of "
                             f"{', '.join(sorted(actions))})")
         kind = _value_kind(action)
-        if not _is_kind(value, kind):
+        if action.nargs in ("+", "*"):  # a list flag (--epochs 1 4): a JSON list of such values
+            if not isinstance(value, list) or not all(_is_kind(item, kind) for item in value) or (
+                    action.nargs == "+" and not value):
+                raise UserError(f"{path}: {script}: {key} must be a list of {kind.split(' ', 1)[-1]}s, got {value!r}")
+        elif not _is_kind(value, kind):
             raise UserError(f"{path}: {script}: {key} must be {kind}, got {value!r}")
-        if action.choices is not None and value not in action.choices:
+        if action.choices is not None and not all(
+                item in action.choices for item in (value if isinstance(value, list) else [value])):
             raise UserError(f"{path}: {script}: {key} must be one of {list(action.choices)}, got {value!r}")
     parser.set_defaults(**section)
     args = parser.parse_args(argv)

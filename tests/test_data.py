@@ -83,7 +83,7 @@ def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_s
     import scratch
     import supernet
     import tester
-    from reproduction import rank, reproduce
+    from reproduction import budget, rank, reproduce
     from spos import search
 
     data = ["--imagenet-dir", str(tmp_path)]
@@ -92,4 +92,7 @@ def test_fashion_recipe_is_the_digits_with_its_changes_and_each_step_takes_its_s
     assert scratch.parse_args(data).small_input and scratch.parse_args([]).small_input is False
     assert scratch.parse_args([*data, "--no-small-input"]).small_input is False  # a flag given beats the recipe
     assert rank.parse_args([*data, "--checkpoint", "x"]).epochs == 1
-    assert (reproduce.parse_args(data).epochs, reproduce.parse_args(data).seeds) == (1, 2)
+    protocol = reproduce.parse_args(data)
+    assert (protocol.epochs, protocol.seeds, protocol.holdout_per_class) == (2, 2, 500)
+    measured = budget.parse_args(data)
+    assert (measured.epochs, measured.seeds, measured.holdout_per_class) == ([2, 8], 2, 500)  # the default vs 4x

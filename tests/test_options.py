@@ -78,3 +78,17 @@ def test_shipped_defaults_are_the_working_folders_own_when_it_has_them(tmp_path,
 def test_a_named_file_is_taken_as_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no fallback for a file the user names: a missing one is an error later
     assert scratch.parse_args(["--fixed-arc", "architecture_final.json"]).architecture == "architecture_final.json"
+
+
+def test_a_recipe_sets_a_list_flag_with_a_list_of_its_type(tmp_path):
+    budgets = argparse.ArgumentParser()
+    budgets.add_argument("--imagenet-dir")
+    budgets.add_argument("--epochs", type=int, nargs="+", default=[1, 4])
+    data = ["--imagenet-dir", str(tmp_path)]
+    write_recipe(tmp_path, {"budget": {"epochs": [2, 8]}})
+    assert parse_args_with_recipe(budgets, data, "budget").epochs == [2, 8]
+    assert parse_args_with_recipe(budgets, [*data, "--epochs", "3", "12"], "budget").epochs == [3, 12]
+    for wrong in (2, [2, "8"], []):
+        write_recipe(tmp_path, {"budget": {"epochs": wrong}})
+        with pytest.raises(UserError, match=r"budget: epochs must be a list of integers, got "):
+            parse_args_with_recipe(budgets, data, "budget")
