@@ -228,11 +228,11 @@ def tau_interval(scores, accuracies, seed_variance, **kwargs):
 def means_tau_interval(first_runs, second_runs, first_variance, second_variance, **kwargs):
     """Interval of Kendall tau between two sets of stand-alone means of the same architectures (``first_runs[a]``
     and ``second_runs[a]``: architecture a's runs under two set-ups, e.g. two budgets): the architectures
-    resampled, both means redrawn with their set-up's seed noise."""
-    pairs = list(zip(first_runs, second_runs))
-
+    resampled, both means redrawn with their set-up's seed noise once per architecture drawn, so that one drawn
+    twice stays one architecture (a tie both ways, which tau leaves out) rather than a coin-flip pair."""
     def draw(rng):
-        drawn = resample(rng, pairs)
-        return kendall_tau([redrawn_mean(rng, first, first_variance) for first, _ in drawn],
-                           [redrawn_mean(rng, second, second_variance) for _, second in drawn])
+        drawn = resample(rng, range(len(first_runs)))
+        first = {a: redrawn_mean(rng, first_runs[a], first_variance) for a in sorted(set(drawn))}
+        second = {a: redrawn_mean(rng, second_runs[a], second_variance) for a in sorted(set(drawn))}
+        return kendall_tau([first[a] for a in drawn], [second[a] for a in drawn])
     return bootstrap(draw, **kwargs)

@@ -155,3 +155,30 @@ def test_percentile_interval_holds_the_answers_place_among_the_population():
 
     assert 0.85 <= coverage(place, 150, random.Random(7)) <= 1.0
     assert all(math.isnan(v) for v in ranking.percentile_interval([0.9], [[0.8], [0.7]], math.nan))
+
+
+def test_the_interval_of_tau_between_two_budgets_holds_the_population_value():
+    """Two budgets that rank the same true means, with single-run reliabilities 0.5 and 0.8 and 2 seeds each: the
+    tau between the two sets of means is (2 / pi) asin(sqrt(rA rB)) in the population, and the interval holds it."""
+    ra, rb = ranking.mean_reliability(0.5, 2), ranking.mean_reliability(0.8, 2)
+    target = 2 / math.pi * math.asin(math.sqrt(ra * rb))
+
+    def tau_of(rng):
+        truth, first, _ = simulated_runs(rng, 10, 2, r1=0.5)
+        second = [[t + rng.gauss(0, 0.02 * math.sqrt((1 - 0.8) / 0.8)) for _ in range(2)] for t in truth]
+        return target, ranking.means_tau_interval(first, second, ranking.pooled_seed_variance(first),
+                                                  ranking.pooled_seed_variance(second), resamples=300,
+                                                  seed=rng.randrange(10 ** 6))
+
+    assert coverage(tau_of, 100, random.Random(8)) >= 0.9
+
+
+def test_an_architecture_drawn_twice_keeps_one_mean_per_budget():
+    """Budgets that agree perfectly, with almost no seed noise: every resample ranks alike, so the interval is
+    [1, 1]. Were the two copies of an architecture redrawn apart, they would make a coin-flip pair and pull the
+    interval below the observed tau of 1."""
+    truth, first, _ = simulated_runs(random.Random(9), 10, 2, r1=0.999)
+    second = [[t + 0.5 for t in runs] for runs in first]
+    variance = ranking.pooled_seed_variance(first)
+    assert ranking.kendall_tau(list(map(ranking.mean, first)), list(map(ranking.mean, second))) == 1.0
+    assert ranking.means_tau_interval(first, second, variance, variance, resamples=300) == (1.0, 1.0)
