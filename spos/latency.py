@@ -274,7 +274,10 @@ def check(path, count, warmup, repeats, log):
     plain = accuracy([(total, ms) for _, total, ms in tested])
     corrected = accuracy([(correction["slope"] * total + correction["intercept"], ms) for _, total, ms in tested])
     table["correction"] = {**correction, "fitted_on": count, "tested_on": count, "plain": plain,
-                           "corrected": corrected}
+                           "corrected": corrected,
+                           "networks": [{"architecture": list(genes), "sum_ms": total, "measured_ms": ms, "use": use}
+                                        for use, networks in (("fit", fitted), ("test", tested))
+                                        for genes, total, ms in networks]}
     write_text(path, json.dumps(table, indent=1) + "\n")
     rows = [[name, f"{100 * result['within_10_percent']:.0f} %", f"{100 * result['median_error']:.1f} %",
              f"{100 * result['worst_error']:.1f} %", f"{result['kendall_tau']:.3f}"]

@@ -101,4 +101,6 @@ def test_a_real_table_and_check_at_a_tiny_size(tmp_path, capsys):
     kept = json.loads(path.read_text())["correction"]
     assert kept["fitted_on"] == 3 and set(kept["plain"]) == {"within_10_percent", "median_error", "worst_error",
                                                              "kendall_tau"}
+    assert [network["use"] for network in kept["networks"]] == ["fit"] * 3 + ["test"] * 3  # kept to study offline
+    assert all(network["sum_ms"] > 0 and network["measured_ms"] > 0 for network in kept["networks"])
     assert latency.predict(json.loads(path.read_text()), (0,) * NUM_LAYERS) > 0
