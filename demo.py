@@ -4,9 +4,9 @@
 
 1. data/digits (written once, with its recipe.json of defaults for each step), 2. supernet.py (warm-started),
 then spos.random_paths: how well it learned, as the search will score paths (``--supernet`` skips the training and
-uses a supernet trained before), 3. `nnictl ss_gen` and a real
-`nnictl create` evolution search with config_search_cpu.yml, waited for until the tuner's search_state.json says
-it is finished, then stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary.
+uses a supernet trained before), 3. `nnictl ss_gen` and a real `nnictl create` evolution search with
+config_search_cpu.yml (or --search-config), waited for until the tuner's search_state.json says it is finished,
+then stopped, 4. scratch.py on the best architecture found, 5. the search plot and a summary.
 Everything goes to demo_output/ (replaced on each run); the experiment is stopped and child processes ended also
 when a step fails or on Ctrl-C.
 """
@@ -52,11 +52,14 @@ def parse_args(argv=None):
                         help="random paths scored to tell how well the supernet learned")
     parser.add_argument("--scratch-epochs", type=int, default=None, help="default: data/digits/recipe.json's")
     parser.add_argument("--port", type=int, default=0, help="NNI web UI port (default: a free one)")
+    parser.add_argument("--search-config", default=SEARCH_CONFIG, metavar="YAML",
+                        help="the NNI config of the search, its trialCommand naming '--checkpoint checkpoints' "
+                             "(default: config_search_cpu.yml; config_search_latency.yml: under a latency limit)")
     parser.add_argument("--search-timeout", type=int, default=900, help="seconds to wait for the search")
     parser.add_argument("--search-rounds", type=int, default=None,
-                        help="evolution rounds (default: config_search_cpu.yml's)")
+                        help="evolution rounds (default: the search config's)")
     parser.add_argument("--search-population", type=int, default=None,
-                        help="candidates a round (default: config_search_cpu.yml's)")
+                        help="candidates a round (default: the search config's)")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT,
                         help="where everything the demo writes goes (replaced on each run)")
     args = parser.parse_args(argv)
@@ -64,7 +67,21 @@ def parse_args(argv=None):
               args.channel_search), ("--supernet-warm-start-steps", args.supernet_warm_start_steps)) if value]
     if args.supernet and trains:
         parser.error(f"--supernet uses a trained supernet: {trains[0]} is for training one")
+    read_search_config(args.search_config)  # a bad file is refused before any work
     return args
+
+
+def read_search_config(path):
+    """The NNI config of the search; one UserError when it cannot be pointed at the demo's supernet."""
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"--search-config {path}: not a readable YAML file ({e})") from None
+    if not isinstance(config, dict) or "--checkpoint checkpoints" not in str(config.get("trialCommand")):
+        raise UserError(f"--search-config {path}: its trialCommand has no '--checkpoint checkpoints' to point at "
+                        f"the demo's supernet")
+    return config
 
 
 class Demo:
@@ -169,6 +186,8 @@ class Demo:
                 ("last round's best - first round's mean", f"{100 * (rounds[-1][1] - rounds[0][2]):+.1f} points"),
                 ("best architecture", format_choices(genes)),
                 ("its FLOPs at 224x224", f"{best['flops'] / 1e6:.1f}M"),
+                *([("its latency as the table predicts it", f"{best['latency_ms']:.3f} ms")]
+                  if best.get("latency_ms") is not None else []),
                 ("its search accuracy (after BN recalibration)", f"{best['accuracy']:.1%}"),
                 ("candidates scored", f"{state['candidates_scored']} of {state['candidates']} "
                                       f"({state['candidates_failed']} failed)"),
@@ -188,11 +207,8 @@ class Demo:
             print(f"  {key:<{width}}  {value}")
 
     def search(self, supernet_dir):
-        """nnictl create with config_search_cpu.yml pointed at this run's supernet; waits and stops."""
-        with open(SEARCH_CONFIG) as f:
-            config = yaml.safe_load(f)
-        if "--checkpoint checkpoints" not in config["trialCommand"]:
-            raise UserError(f"{SEARCH_CONFIG}: trialCommand no longer has '--checkpoint checkpoints' to redirect")
+        """nnictl create with --search-config pointed at this run's supernet; waits and stops."""
+        config = read_search_config(self.args.search_config)
         config["trialCommand"] = config["trialCommand"].replace(
             "--checkpoint checkpoints", f"--checkpoint {supernet_dir}")
         config["searchSpaceFile"] = os.path.join(ROOT, config["searchSpaceFile"])

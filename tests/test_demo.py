@@ -140,3 +140,15 @@ def test_the_warm_started_supernet_scores_random_paths_far_above_chance_and_a_co
     cold = [evaluate_candidate(model, random_architecture(random.Random(i)), recalibration, val, 5)["accuracy"]
             for i in range(5)]
     assert sum(cold) / 5 < 0.2, cold
+
+
+def test_a_search_config_the_demo_cannot_point_at_its_supernet_is_refused_before_any_work(tmp_path):
+    config = tmp_path / "search.yml"
+    config.write_text("trialCommand: python tester.py --checkpoint elsewhere\n")
+    for given, message in ((config, "its trialCommand has no '--checkpoint checkpoints'"),
+                           (tmp_path / "missing.yml", "not a readable YAML file")):
+        done = subprocess.run([sys.executable, "demo.py", "--search-config", str(given), "--output-dir",
+                               str(tmp_path / "out")], cwd=REPO, env=venv_env(), capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2 and f"--search-config {given}: {message}" in done.stderr
+        assert not (tmp_path / "out").exists()
