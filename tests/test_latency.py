@@ -58,6 +58,22 @@ def test_the_correction_is_a_least_squares_line_and_the_accuracy_counts_errors()
     assert result["kendall_tau"] == pytest.approx(2 / 6)  # 4 of 6 pairs in order, 2 not
 
 
+def test_the_richer_fits_recover_a_whole_network_cost_they_can_express():
+    """Whole networks that cost their parts plus 0.3 ms per Xception block, or plus half their first stage: the fit
+    with a term per block type, and the line per stage, each recover the cost it can express exactly."""
+    import random
+
+    from network import random_architecture
+    table, rng = synthetic_table(), random.Random(0)
+    networks = [(genes, latency.sum_of_parts(table, genes)) for genes in (random_architecture(rng, False)
+                                                                          for _ in range(30))]
+    exact = [(genes, total, total + 0.3 * genes.count(3)) for genes, total in networks]
+    assert latency.other_fit_accuracy(table, exact[:15], exact[15:], "block types")["worst_error"] < 1e-9
+    staged = [(genes, total, total + 0.5 * sum(latency.layer_costs(table, layer)[genes[layer], 4]
+                                               for layer in range(4))) for genes, total in networks]
+    assert latency.other_fit_accuracy(table, staged[:15], staged[15:], "stages")["worst_error"] < 1e-9
+
+
 def test_a_table_of_other_settings_or_no_table_is_refused_in_one_line(tmp_path):
     path = tmp_path / "table.json"
     path.write_text(json.dumps(synthetic_table()))
