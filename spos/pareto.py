@@ -59,7 +59,8 @@ def main(argv=None):
             write_architecture(path, genes(row))
             writer.writerow([name, os.path.basename(path), row["choices"], row.get("scales", ""), row["flops"],
                              "" if row["latency_ms"] is None else row["latency_ms"], row["accuracy"], row["round"]])
-        print(f"{len(rows)} candidates on the front of accuracy against {COSTS[cost]}: {output}/{name}_*.json")
+        print(f"{len(rows)} candidate{'s' * (len(rows) != 1)} on the front of accuracy against {COSTS[cost]}: "
+              f"{output}/{name}_*.json")
     write_text(os.path.join(output, "pareto.csv"), listing.getvalue())
     return output
 
