@@ -82,8 +82,11 @@ def test_the_summary_is_what_the_run_wrote(demo_run):
 def test_ctrl_c_during_the_search_stops_the_experiment(demo_run, tmp_path):
     supernet = demo_run[0] / "supernet"
     port = free_port()
+    # Ctrl-C comes from a terminal; a suite run as a shell's background job (make test &) has SIGINT ignored, and
+    # a child would inherit that, so the demo is started with SIGINT at its default, as a terminal starts it
     process = subprocess.Popen(demo_command(tmp_path / "out", port, "--supernet", str(supernet)), cwd=REPO,
-                               env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     output = []
     try:
         for line in process.stdout:
