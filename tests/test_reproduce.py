@@ -144,8 +144,8 @@ def test_killed_at_any_step_it_leaves_no_process_behind_and_a_rerun_goes_on(tiny
     dies with it; a second reproduction in the same folder is refused while one runs; the last launch finishes."""
     root, _, _ = tiny_reproduction
     small = {**SMALL, "--search-args": "--search-workers 2"}
-    run = command(small_digits, tmp_path / "out", str(root / "search.yml"), *TINY, "--random", "1", "--seeds", "1",
-                  "--checkpoint", str(root / "out" / "supernet"), small=small)  # 3 runs: the answer, all 3x3, 1 random
+    run = command(small_digits, tmp_path / "out", str(root / "search.yml"), *TINY, "--seeds", "1", "--checkpoint",
+                  str(root / "out" / "supernet"), small=small)  # 4 runs: the answer, all 3x3, 2 random, 1 seed
     for stop_at in ("scoring with 2 worker processes", "stand-alone runs: "):
         process = subprocess.Popen(run, cwd=REPO, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True)
@@ -178,7 +178,7 @@ def test_killed_at_any_step_it_leaves_no_process_behind_and_a_rerun_goes_on(tiny
         assert not alive, [p.cmdline() for p in alive]
     done = subprocess.run(run, cwd=REPO, env=venv_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(read_rows(tmp_path / "out")) == 3
+    assert len(read_rows(tmp_path / "out")) == 4
 
 
 def test_the_stand_alone_runs_as_nni_trials_and_an_experiment_stopped_when_the_reproduction_is_killed(
