@@ -185,9 +185,12 @@ def scan_image_folder(split_dir, classes=None):
 def held_out(files, labels, classes, per_class):
     """Indices of the ``per_class`` images of each class held out of train/: drawn by a fixed seed from the class's
     files (in name order), so that they do not depend on the other classes or on the machine."""
+    by_label = {label: [] for label in range(len(classes))}
+    for i, label in enumerate(labels):  # one pass: ImageNet's 1.28M images in 1,000 classes
+        by_label[label].append(i)
     chosen = []
     for label, name in enumerate(classes):
-        members = [i for i, l in enumerate(labels) if l == label]
+        members = by_label[label]
         if len(members) <= per_class:
             raise UserError(f"{os.path.dirname(files[members[0]]) if members else name}: {len(members)} images, too "
                             f"few to hold {per_class} out and train on the rest; lower --holdout-per-class")
